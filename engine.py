@@ -1,0 +1,109 @@
+"""The training loop: one epoch of training, scoring a split, and the epoch loop with early stopping."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from errors import UserError
+from instrumentation import RunLog, epoch_line
+from losses import SPMLLoss
+from metrics import compute_metrics
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: training stops at once."""
+
+
+@dataclass
+class TrainState:
+    """Counters and the best result so far; the only state that changes during a run."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    best_val_map: float = -math.inf
+    best_test_map: float = math.nan
+    best_weights: dict = field(default_factory=dict)
+    epochs_without_gain: int = 0
+
+    def summary(self) -> dict:
+        return {"best_epoch": self.best_epoch, "best_val_map": self.best_val_map, "test_map": self.best_test_map}
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer,
+                    device: torch.device, epoch: int) -> dict:
+    model.train()
+    totals: dict[str, float] = {}
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    for step, (images, targets, index) in enumerate(bar, start=1):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        index = index.to(device, non_blocking=True)
+        terms = loss_fn(model(images), targets, index)
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # One host sync per step, after the step's work is queued; needed anyway for the log.
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"non-finite loss ({value}) at epoch {epoch}, step {step}; lower --lr or check the data")
+        for name, term in terms.items():
+            totals[name] = totals.get(name, 0.0) + term.item()
+        totals["loss"] = totals.get("loss", 0.0) + value
+        bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
+    steps = max(len(loader), 1)
+    return {name: total / steps for name, total in totals.items()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "scoring") -> torch.Tensor:
+    """Sigmoid scores (N, C) of every example of `loader`, in order, in eval mode (on `device`)."""
+    model.eval()
+    scores = [torch.sigmoid(model(images.to(device, non_blocking=True))) for images, _, _ in
+              tqdm(loader, desc=desc, leave=False, disable=None)]
+    return torch.cat(scores)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, threshold: float, desc: str) -> dict:
+    scores = predict(model, loader, device, desc).float().cpu().numpy()
+    return compute_metrics(scores, loader.dataset.labels.numpy(), threshold)
+
+
+def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, loaders: dict[str, DataLoader],
+        device: torch.device, epochs: int, patience: int, threshold: float, run: RunLog) -> TrainState:
+    """Train, validate and test each epoch; keep the best-val weights; stop after `patience` epochs without gain."""
+    state = TrainState()
+    score_train = lambda: predict(model, loaders["train_eval"], device, "scoring train set")  # noqa: E731
+    for epoch in range(1, epochs + 1):
+        state.epoch = epoch
+        started = time.perf_counter()
+        loss_fn.start_epoch(epoch, score_train)
+        train = train_one_epoch(model, loaders["train"], loss_fn, optimizer, device, epoch)
+        val = evaluate(model, loaders["val"], device, threshold, "val")
+        test = evaluate(model, loaders["test"], device, threshold, "test")
+        record = {"epoch": epoch, "train_loss": train.pop("loss"), "val_map": val["map"], "test_map": test["map"],
+                  "train_terms": train, "val": val, "test": test, "time_s": time.perf_counter() - started}
+        improved = val["map"] > state.best_val_map
+        if improved:
+            state.best_epoch, state.best_val_map, state.best_test_map = epoch, val["map"], test["map"]
+            state.best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            state.epochs_without_gain = 0
+        else:
+            state.epochs_without_gain += 1
+        run.log_epoch(record, state.summary())
+        log.info(epoch_line(record, epochs, improved))
+        if patience and state.epochs_without_gain >= patience:
+            log.info(f"val mAP has not improved for {patience} epoch(s): stopping early")
+            break
+    return state

@@ -1,0 +1,10 @@
+"""The one exception type for bad user input.
+
+Anything the user can fix (a flag, a path, a malformed file) raises `UserError`
+with a message that says what is wrong and how to fix it; `main` prints it as a
+single line and exits with code 2. Internal invariants use `assert`.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user; the message is shown as one line, exit code 2."""

@@ -1,0 +1,38 @@
+"""Safe `.npy` reading and atomic writing for the dataset files."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from errors import UserError
+
+
+def load_npy(path: Path, fix: str) -> np.ndarray:
+    """Load an array without pickles; `fix` tells the user how to create a missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing file {path}: {fix}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:  # object arrays need pickle, which can run arbitrary code
+        raise UserError(f"{path} holds Python objects (pickled data), refused; re-save it as a plain string/number array") from err
+    except (OSError, EOFError) as err:
+        raise UserError(f"{path} is not a readable .npy file ({err}); recreate it: {fix}") from err
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> Path:
+    """Write `array` to `path` through a temporary file, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
