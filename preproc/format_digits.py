@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from presets import DATA_ROOT  # noqa: E402
 
-CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+from class_names import DIGITS_CLASSES as CLASS_NAMES  # noqa: E402
 GRID, CELL = 3, 8
 NUM_TRAIN, NUM_TEST = 4000, 1000  # mosaics; train is later split 80/20 into train/val
 TRAIN_SOURCE_FRAC = 2 / 3  # share of the 1,797 source digits reserved for train mosaics
