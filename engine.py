@@ -36,6 +36,20 @@ class TrainState:
     best_weights: dict = field(default_factory=dict)
     epochs_without_gain: int = 0
 
+    def update(self, epoch: int, val_map: float, test_map: float, model: nn.Module) -> bool:
+        """Record an epoch's scores; keeps a copy of the weights when val mAP improves. True if it did."""
+        self.epoch = epoch
+        if val_map > self.best_val_map:
+            self.best_epoch, self.best_val_map, self.best_test_map = epoch, val_map, test_map
+            self.best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            self.epochs_without_gain = 0
+            return True
+        self.epochs_without_gain += 1
+        return False
+
+    def should_stop(self, patience: int) -> bool:
+        return patience > 0 and self.epochs_without_gain >= patience
+
     def summary(self) -> dict:
         return {"best_epoch": self.best_epoch, "best_val_map": self.best_val_map, "test_map": self.best_test_map}
 
@@ -86,7 +100,6 @@ def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, l
     state = TrainState()
     score_train = lambda: predict(model, loaders["train_eval"], device, "scoring train set")  # noqa: E731
     for epoch in range(1, epochs + 1):
-        state.epoch = epoch
         started = time.perf_counter()
         loss_fn.start_epoch(epoch, score_train)
         train = train_one_epoch(model, loaders["train"], loss_fn, optimizer, device, epoch)
@@ -94,16 +107,10 @@ def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, l
         test = evaluate(model, loaders["test"], device, threshold, "test")
         record = {"epoch": epoch, "train_loss": train.pop("loss"), "val_map": val["map"], "test_map": test["map"],
                   "train_terms": train, "val": val, "test": test, "time_s": time.perf_counter() - started}
-        improved = val["map"] > state.best_val_map
-        if improved:
-            state.best_epoch, state.best_val_map, state.best_test_map = epoch, val["map"], test["map"]
-            state.best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            state.epochs_without_gain = 0
-        else:
-            state.epochs_without_gain += 1
+        improved = state.update(epoch, val["map"], test["map"], model)
         run.log_epoch(record, state.summary())
         log.info(epoch_line(record, epochs, improved))
-        if patience and state.epochs_without_gain >= patience:
+        if state.should_stop(patience):
             log.info(f"val mAP has not improved for {patience} epoch(s): stopping early")
             break
     return state

@@ -32,9 +32,9 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from class_names import DIGITS_CLASSES as CLASS_NAMES  # noqa: E402
 from presets import DATA_ROOT  # noqa: E402
 
-from class_names import DIGITS_CLASSES as CLASS_NAMES  # noqa: E402
 GRID, CELL = 3, 8
 NUM_TRAIN, NUM_TEST = 4000, 1000  # mosaics; train is later split 80/20 into train/val
 TRAIN_SOURCE_FRAC = 2 / 3  # share of the 1,797 source digits reserved for train mosaics

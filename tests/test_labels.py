@@ -1,0 +1,97 @@
+"""The observed-label sampler and the train/val split against their specifications (SPEC §2)."""
+import io
+
+import numpy as np
+import pytest
+
+from datasets import generate_split, training_targets
+from errors import UserError
+from preproc.generate_observed_labels import generate_observed_labels, observe_uniform
+
+
+def reference_procedure(labels, num_pos, num_neg, seed):
+    """SPEC §2 written out literally: per row, shuffle positives, keep num_pos; then the same for negatives."""
+    rng = np.random.RandomState(seed)
+    obs = np.zeros_like(labels)
+    for i in range(labels.shape[0]):
+        pos = np.nonzero(labels[i] == 1.0)[0]
+        rng.shuffle(pos)
+        obs[i, pos[:num_pos]] = 1.0
+        neg = np.nonzero(labels[i] == 0.0)[0]
+        rng.shuffle(neg)
+        obs[i, neg[:num_neg]] = -1.0
+    return obs
+
+
+def test_sampler_follows_the_procedure():
+    labels = (np.random.RandomState(3).rand(200, 12) < 0.3).astype(np.float64)
+    labels[0] = 0  # an image without positives keeps no observed label
+    for num_pos, num_neg in [(1, 0), (2, 3)]:
+        got = observe_uniform(labels, num_pos, num_neg, np.random.RandomState(1200))
+        np.testing.assert_array_equal(got, reference_procedure(labels, num_pos, num_neg, 1200))
+        assert got.dtype == labels.dtype
+
+
+def test_single_positive_is_a_true_positive():
+    labels = (np.random.RandomState(4).rand(100, 8) < 0.4).astype(np.float64)
+    obs = observe_uniform(labels, 1, 0, np.random.RandomState(1200))
+    has_pos = labels.sum(1) > 0
+    assert ((obs == 1).sum(1) == has_pos).all()
+    assert (labels[obs == 1] == 1).all() and not (obs == -1).any()
+
+
+def test_negatives_are_shuffled_even_when_none_is_kept():
+    # The negative shuffle advances the generator: a sampler that skips it keeps other positives.
+    labels = (np.random.RandomState(7).rand(50, 6) < 0.5).astype(np.float64)
+    rng = np.random.RandomState(1200)
+    skipping = np.zeros_like(labels)
+    for i, row in enumerate(labels):
+        pos = np.nonzero(row == 1)[0]
+        rng.shuffle(pos)
+        skipping[i, pos[:1]] = 1
+    obs = observe_uniform(labels, 1, 0, np.random.RandomState(1200))
+    assert (obs != skipping).any()
+    np.testing.assert_array_equal(obs, reference_procedure(labels, 1, 0, 1200))
+
+
+def test_files_are_byte_identical_to_the_procedure(tmp_path):
+    train = (np.random.RandomState(5).rand(50, 7) < 0.3).astype(np.float64)
+    val = (np.random.RandomState(6).rand(30, 7) < 0.3).astype(np.float64)
+    np.save(tmp_path / "formatted_train_labels.npy", train)
+    np.save(tmp_path / "formatted_val_labels.npy", val)
+    generate_observed_labels(tmp_path, seed=1200)
+    for split, labels in (("train", train), ("val", val)):
+        expected = io.BytesIO()
+        np.save(expected, reference_procedure(labels, 1, 0, 1200))  # a fresh generator per split
+        assert (tmp_path / f"formatted_{split}_labels_obs.npy").read_bytes() == expected.getvalue()
+
+
+def test_sampler_refuses_bad_labels(tmp_path):
+    np.save(tmp_path / "formatted_train_labels.npy", np.array([[0.0, 2.0]]))
+    np.save(tmp_path / "formatted_val_labels.npy", np.array([[0.0, 1.0]]))
+    with pytest.raises(UserError, match="0/1"):
+        generate_observed_labels(tmp_path)
+    assert not (tmp_path / "formatted_val_labels_obs.npy").exists()
+
+
+def test_split_specification():
+    train, val = generate_split(5717, 0.2, 1200)  # VOC: 5,717 -> 4,574 / 1,143
+    assert (len(train), len(val)) == (4574, 1143)
+    perm = np.random.RandomState(1200).permutation(5717)
+    np.testing.assert_array_equal(train, np.sort(perm[:4574]))
+    np.testing.assert_array_equal(val, np.sort(perm[-1143:]))
+    assert len(np.intersect1d(train, val)) == 0
+    assert [len(s) for s in generate_split(82081, 0.2, 1200)] == [65665, 16416]  # COCO
+
+
+def test_split_refuses_empty_val():
+    with pytest.raises(UserError):
+        generate_split(2, 0.1, 1200)
+
+
+def test_label_views():
+    obs = np.array([[1, 0, 0, 0]], dtype=float)
+    full = np.array([[1, 1, 0, 0]], dtype=float)
+    np.testing.assert_array_equal(training_targets(obs, full, "observed"), obs)
+    np.testing.assert_array_equal(training_targets(obs, full, "full"), [[1, 1, -1, -1]])
+    np.testing.assert_array_equal(training_targets(obs, full, "true_negatives"), [[1, 0, -1, -1]])

@@ -1,0 +1,64 @@
+"""Metrics against hand-computed values and scikit-learn's AP."""
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from metrics import average_precision, compute_metrics
+
+
+def test_ap_hand_values():
+    # class 0: ranks 1 (pos), 2 (neg), 3 (pos) -> AP = (1/1 + 2/3) / 2
+    # class 1: no positive -> AP 0 by the reference convention
+    preds = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]])
+    targets = np.array([[1, 0], [0, 0], [1, 0]])
+    np.testing.assert_allclose(average_precision(preds, targets), [(1 + 2 / 3) / 2, 0.0])
+    m = compute_metrics(preds, targets)
+    assert m["map"] == pytest.approx(100 * (1 + 2 / 3) / 4)
+    assert m["num_empty_classes"] == 1
+
+
+def test_ties_form_one_threshold():
+    # all three tied: one threshold with precision 2/3 for both positives
+    preds = np.array([[0.5], [0.5], [0.5]])
+    targets = np.array([[1], [0], [1]])
+    assert average_precision(preds, targets)[0] == pytest.approx(2 / 3)
+
+
+def test_matches_sklearn_with_ties():
+    rng = np.random.RandomState(0)
+    preds = np.round(rng.rand(300, 6), 2)  # many ties
+    targets = rng.rand(300, 6) < 0.3
+    expected = [average_precision_score(targets[:, c], preds[:, c]) for c in range(6)]
+    np.testing.assert_allclose(average_precision(preds, targets), expected, rtol=1e-12)
+
+
+def test_top_k_precision_recall_and_f1_hand_values():
+    preds = np.array([
+        [0.9, 0.8, 0.1, 0.2, 0.3, 0.05],
+        [0.1, 0.2, 0.3, 0.4, 0.6, 0.7],
+    ])
+    targets = np.array([
+        [1, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1],
+    ])
+    m = compute_metrics(preds, targets, threshold=0.5)
+    assert m["prec_at_1"] == pytest.approx(100.0)  # both top-1 are positives
+    assert m["rec_at_1"] == pytest.approx(100 * (1 / 2 + 1) / 2)
+    assert m["top_1"] == pytest.approx(100.0)
+    # top-3 of image 0: classes 0,1,4 -> 1 hit; image 1: classes 5,4,3 -> 1 hit
+    assert m["prec_at_3"] == pytest.approx(100 * (1 / 3 + 1 / 3) / 2)
+    assert m["rec_at_3"] == pytest.approx(100 * (1 / 2 + 1) / 2)
+    # top-5 of image 0 holds class 2 as well
+    assert m["rec_at_5"] == pytest.approx(100.0)
+    # predictions >= 0.5: image 0 -> {0, 1}, image 1 -> {4, 5}
+    # per class precision: c0 1, c1 0, c4 0, c5 1, others 0 (nothing predicted) -> mean 2/6
+    # per class recall: c0 1, c2 0, c5 1 (classes without positives count 0) -> mean 2/6
+    assert m["cf1"] == pytest.approx(100 * 2 / 6)
+    # overall: tp 2, predicted 4, positives 3
+    p, r = 2 / 4, 2 / 3
+    assert m["of1"] == pytest.approx(100 * 2 * p * r / (p + r))
+
+
+def test_shape_mismatch_refused():
+    with pytest.raises(ValueError):
+        compute_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
