@@ -217,3 +217,10 @@ def test_nuswide_label_file_length_mismatch(tmp_path):
     (tmp_path / "Groundtruth" / "TrainTestLabels" / "Labels_sky_Train.txt").write_text("1\n")
     with pytest.raises(UserError, match="Labels_sky_Train.txt must hold one 0/1 per line"):
         format_nuswide.format_nuswide(tmp_path, tmp_path)
+
+
+def test_variant_recognised_from_counts_when_no_record(tmp_path):
+    assert dataset_variant("nuswide", tmp_path, 150000, 60260) == "cole-recrawl"
+    assert dataset_variant("nuswide", tmp_path, 161789, 107859) == "official"
+    assert dataset_variant("coco", tmp_path, 82081, 40137) == "coco2014"
+    assert dataset_variant("coco", tmp_path, 10, 5) == "unknown"
