@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from config import Config, parse_args
+from dataset_provenance import dataset_variant
 from datasets import DatasetSplits, ImageDataset, load_splits
 from engine import fit
 from errors import UserError
@@ -71,7 +72,9 @@ def run(cfg: Config) -> dict:
     optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=cfg.lr)
     loaders = make_loaders(cfg, splits, model)
 
-    run_log = RunLog(cfg.out, cfg.to_dict())
+    # NUS-WIDE's two variants give different numbers: every result names the one it used
+    variant = dataset_variant(cfg.dataset, cfg.data_dir, len(splits.train.images) + len(splits.val.images), len(splits.test.images))
+    run_log = RunLog(cfg.out, {**cfg.to_dict(), "dataset_variant": variant})
     try:
         log.info(f"config: {cfg.to_dict()}")
         log.info(f"{cfg.dataset}: {len(splits.train.images)} train / {len(splits.val.images)} val / "

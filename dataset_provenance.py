@@ -1,0 +1,59 @@
+"""Which variant of a benchmark a dataset folder holds, and the counts expected of it.
+
+NUS-WIDE exists in two incompatible forms: Cole et al.'s 2020 re-crawl
+(150,000 / 60,260 images, shipped pre-formatted) and the official release
+(161,789 / 107,859 images, formatted by `preproc/format_nuswide.py`) used by the
+EM and VLPL papers. They give different numbers, so every result must say which
+one it used. The formatting scripts write `variant.json` into the dataset
+folder; pre-formatted files without one are recognised by their image counts.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+VARIANT_FILE = "variant.json"
+
+# (official train images, official val = test images) per known variant (SPEC §2).
+EXPECTED_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
+    "pascal": {"voc2012": (5717, 5823)},
+    "coco": {"coco2014": (82081, 40137)},
+    "cub": {"cub-200-2011": (5994, 5794)},
+    "nuswide": {"cole-recrawl": (150000, 60260), "official": (161789, 107859)},
+}
+
+
+def write_variant(data_dir: Path, variant: str, **details) -> Path:
+    """Record how the folder was made; `details` are extra JSON-able facts (flags, sources)."""
+    from instrumentation import write_json_atomic  # late import: keeps this module light for main
+
+    path = Path(data_dir) / VARIANT_FILE
+    write_json_atomic(path, {"variant": variant, **details})
+    return path
+
+
+def dataset_variant(dataset: str, data_dir: Path, num_train: int, num_test: int) -> str:
+    """The folder's recorded variant, else the known variant its counts match, else "unknown"."""
+    path = Path(data_dir) / VARIANT_FILE
+    if path.is_file():
+        try:
+            return str(json.loads(path.read_text())["variant"])
+        except (ValueError, KeyError, TypeError):
+            return f"unknown ({path} is unreadable)"
+    for name, counts in EXPECTED_COUNTS.get(dataset, {}).items():
+        if counts == (num_train, num_test):
+            return name
+    return "unknown"
+
+
+def count_mismatch(dataset: str, variant: str, num_train: int, num_test: int) -> str | None:
+    """A warning when a known variant's published counts are not met (fixtures, partial downloads)."""
+    known = EXPECTED_COUNTS.get(dataset, {})
+    expected = known.get(variant)
+    if expected is None and len(known) == 1:
+        variant, expected = next(iter(known.items()))
+    if expected is None or expected == (num_train, num_test):
+        return None
+    return (f"{dataset} ({variant}) should have {expected[0]:,} train / {expected[1]:,} test images, "
+            f"found {num_train:,} / {num_test:,}: a partial download or a different release; "
+            f"results will not be comparable to the papers")

@@ -1,0 +1,82 @@
+"""Format MS-COCO 2014 into the SPML layout (reference rules of Cole et al. 2021).
+
+Source: `<load-path>/annotations/instances_{train,val}2014.json`.
+
+Rules, as the reference script:
+- an image is kept only if it has at least one annotation (82,081 train and
+  40,137 val images), crowd annotations included;
+- rows ordered by image id sorted *as strings* ("100" < "9"), kept for
+  compatibility with published splits;
+- columns are the `categories` in file order (80, ids 1..90 with gaps), which
+  must be identical in both files;
+- image paths `{split}2014/COCO_{split}2014_<id, 12 digits>.jpg`, relative to the
+  COCO folder; labels float64; the official `val2014` split is the test set.
+
+    python preproc/format_coco.py [--load-path data/coco --save-path data/coco]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from errors import UserError  # noqa: E402
+from preproc.format_io import FormattedSplit, format_parser, require, run_script, write_formatted  # noqa: E402
+
+DOWNLOAD_STEP = "download annotations_trainval2014.zip and unzip it there (see data/coco/README.md)"
+
+
+def _load_instances(path: Path) -> dict:
+    try:
+        with open(require(path, DOWNLOAD_STEP)) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); re-extract annotations_trainval2014.zip") from None
+    for key in ("annotations", "categories"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise UserError(f"{path} has no '{key}' list; it must be an instances_*2014.json file "
+                            f"(captions_ and person_keypoints_ files do not carry the 80 categories)")
+    return data
+
+
+def read_coco_split(path: Path, split: str) -> tuple[list[str], FormattedSplit]:
+    """(category names in file order, the split) from one instances file."""
+    data = _load_instances(path)
+    try:
+        names = [str(c["name"]) for c in data["categories"]]
+        column_of = {int(c["id"]): i for i, c in enumerate(data["categories"])}
+        image_ids = np.array([int(a["image_id"]) for a in data["annotations"]], dtype=np.int64)
+        columns = np.array([column_of[int(a["category_id"])] for a in data["annotations"]], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{path}: malformed category or annotation entry ({err!r}); re-extract the file") from None
+    ordered = np.array(sorted({str(i) for i in image_ids.tolist()}), dtype=np.int64)
+    row_of = {image_id: row for row, image_id in enumerate(ordered.tolist())}
+    labels = np.zeros((len(ordered), len(names)), dtype=np.float64)
+    labels[[row_of[i] for i in image_ids.tolist()], columns] = 1.0
+    images = [f"{split}2014/COCO_{split}2014_{image_id:012d}.jpg" for image_id in ordered.tolist()]
+    return names, FormattedSplit(images, labels)
+
+
+def format_coco(load_path: Path, save_path: Path) -> list[Path]:
+    ann_dir = Path(load_path) / "annotations"
+    names, splits = {}, {}
+    for split in ("train", "val"):
+        names[split], splits[split] = read_coco_split(ann_dir / f"instances_{split}2014.json", split)
+    if names["train"] != names["val"]:
+        raise UserError(f"the categories of instances_train2014.json and instances_val2014.json differ; "
+                        f"re-extract annotations_trainval2014.zip into {ann_dir}")
+    return write_formatted("coco", save_path, splits, names["train"], "coco2014")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = format_parser(__doc__, "coco").parse_args(argv)
+    return run_script(lambda: format_coco(args.load_path, args.save_path))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

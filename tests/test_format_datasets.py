@@ -1,0 +1,226 @@
+"""The benchmark formatting scripts on miniature trees in each dataset's own on-disk format."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from class_names import NUSWIDE_CLASSES, PASCAL_CLASSES
+from dataset_provenance import dataset_variant
+from errors import UserError
+from preproc import format_coco, format_cub, format_nuswide, format_pascal
+
+
+def _load(folder: Path, split: str):
+    return np.load(folder / f"formatted_{split}_images.npy"), np.load(folder / f"formatted_{split}_labels.npy")
+
+
+# ---------------------------------------------------------------- PASCAL VOC
+
+def make_voc(root: Path, positives: dict[str, dict[str, dict[str, str]]]) -> None:
+    """positives[split][image id][class] = flag ("1" or "0"); every other pair is written as -1."""
+    main = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    for split, images in positives.items():
+        for name in PASCAL_CLASSES:
+            lines = []
+            for image in images:  # devkit order, not sorted on purpose
+                flag = images[image].get(name, "-1")
+                lines.append(f"{image} {' ' if flag != '-1' else ''}{flag}")
+            (main / f"{name}_{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_pascal_rows_sorted_difficult_is_negative_and_unlabelled_dropped(tmp_path):
+    make_voc(tmp_path, {
+        "train": {"2009_000002": {"dog": "1", "cat": "0"}, "2008_000008": {"horse": "1", "person": "1"},
+                  "2008_000015": {"bottle": "0"}},  # only difficult: no positive, dropped
+        "val": {"2010_000001": {"tvmonitor": "1"}},
+    })
+    assert format_pascal.main(["--load-path", str(tmp_path), "--save-path", str(tmp_path / "out")]) == 0
+    images, labels = _load(tmp_path / "out", "train")
+    assert images.tolist() == ["2008_000008.jpg", "2009_000002.jpg"]
+    assert labels.dtype == np.float64
+    expected = np.zeros((2, 20))
+    expected[0, [12, 14]] = 1  # horse, person
+    expected[1, 11] = 1  # dog; the difficult cat stays 0
+    np.testing.assert_array_equal(labels, expected)
+    images, labels = _load(tmp_path / "out", "val")
+    assert images.tolist() == ["2010_000001.jpg"] and labels[0].nonzero()[0].tolist() == [19]
+    assert (tmp_path / "out" / "classes.txt").read_text().split("\n")[:2] == ["aeroplane", "bicycle"]
+    assert dataset_variant("pascal", tmp_path / "out", 2, 1) == "voc2012"
+
+
+def test_pascal_missing_devkit_names_path_and_download(tmp_path, capsys):
+    assert format_pascal.main(["--load-path", str(tmp_path), "--save-path", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "ImageSets/Main" in err and "VOCtrainval_11-May-2012.tar" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_pascal_refuses_image_id_escaping_the_root(tmp_path):
+    make_voc(tmp_path, {"train": {"../../../etc/passwd": {"dog": "1"}}, "val": {"a": {"dog": "1"}}})
+    with pytest.raises(UserError, match="outside the image root"):
+        format_pascal.format_pascal(tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out" / "formatted_train_images.npy").exists()
+
+
+# ---------------------------------------------------------------- COCO
+
+CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 2, "name": "bicycle"}]
+
+
+def write_instances(root: Path, split: str, annotations: list[tuple[int, int]], categories=CATEGORIES) -> None:
+    folder = root / "annotations"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"images": [], "categories": categories,
+            "annotations": [{"id": k, "image_id": i, "category_id": c} for k, (i, c) in enumerate(annotations)]}
+    (folder / f"instances_{split}2014.json").write_text(json.dumps(data))
+
+
+def test_coco_ids_sorted_as_strings_and_categories_in_file_order(tmp_path):
+    # ids 9, 100, 25: as strings "100" < "25" < "9"; category 3 (car) is the file's 2nd entry
+    write_instances(tmp_path, "train", [(9, 1), (100, 3), (25, 2), (9, 3), (100, 3)])
+    write_instances(tmp_path, "val", [(42, 2)])
+    assert format_coco.main(["--load-path", str(tmp_path), "--save-path", str(tmp_path)]) == 0
+    images, labels = _load(tmp_path, "train")
+    assert images.tolist() == ["train2014/COCO_train2014_000000000100.jpg",
+                               "train2014/COCO_train2014_000000000025.jpg",
+                               "train2014/COCO_train2014_000000000009.jpg"]
+    np.testing.assert_array_equal(labels, [[0, 1, 0], [0, 0, 1], [1, 1, 0]])
+    assert labels.dtype == np.float64
+    images, labels = _load(tmp_path, "val")
+    assert images.tolist() == ["val2014/COCO_val2014_000000000042.jpg"] and labels.tolist() == [[0, 0, 1]]
+    assert (tmp_path / "classes.txt").read_text() == "person\ncar\nbicycle\n"
+
+
+def test_coco_json_without_annotations_is_refused(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_train2014.json").write_text(json.dumps({"images": [], "categories": CATEGORIES}))
+    with pytest.raises(UserError, match="no 'annotations' list"):
+        format_coco.format_coco(tmp_path, tmp_path)
+
+
+def test_coco_categories_must_agree_and_files_must_exist(tmp_path):
+    with pytest.raises(UserError, match="instances_train2014.json.*annotations_trainval2014.zip"):
+        format_coco.format_coco(tmp_path, tmp_path)
+    write_instances(tmp_path, "train", [(1, 1)])
+    write_instances(tmp_path, "val", [(2, 1)], categories=CATEGORIES[::-1])
+    with pytest.raises(UserError, match="categories .* differ"):
+        format_coco.format_coco(tmp_path, tmp_path)
+
+
+# ---------------------------------------------------------------- CUB
+
+def make_cub(root: Path, split_flags: list[int], present: np.ndarray, paths: list[str] | None = None) -> None:
+    """A CUB tree; `present` is (images, 312) 0/1; label lines are written in a shuffled order."""
+    cub = root / "CUB_200_2011"
+    (cub / "attributes").mkdir(parents=True)
+    paths = paths or [f"{i:03d}.Bird/Bird_{i}.jpg" for i in range(1, len(split_flags) + 1)]
+    (cub / "images.txt").write_text("".join(f"{i} {p}\n" for i, p in enumerate(paths, start=1)))
+    (cub / "train_test_split.txt").write_text("".join(f"{i} {f}\n" for i, f in enumerate(split_flags, start=1)))
+    (root / "attributes.txt").write_text("".join(f"{j} has_part::color_{j}\n" for j in range(1, 313)))
+    lines = [f"{i + 1} {j + 1} {present[i, j]} 3 12.5\n" for i in range(len(paths)) for j in range(312)]
+    lines[5] = lines[5].rstrip("\n") + " 0\n"  # the official file has a few lines with an extra column
+    order = np.random.RandomState(0).permutation(len(lines))
+    (cub / "attributes" / "image_attribute_labels.txt").write_text("".join(lines[k] for k in order))
+
+
+def test_cub_rows_follow_images_txt_and_split(tmp_path):
+    present = np.zeros((4, 312), dtype=np.int64)
+    present[0, [0, 311]] = 1
+    present[1, 5] = 1
+    present[2, 100] = 1
+    present[3, [1, 2]] = 1
+    make_cub(tmp_path, [1, 0, 1, 0], present)
+    assert format_cub.main(["--load-path", str(tmp_path), "--save-path", str(tmp_path)]) == 0
+    images, labels = _load(tmp_path, "train")
+    assert images.tolist() == ["001.Bird/Bird_1.jpg", "003.Bird/Bird_3.jpg"]
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, present[[0, 2]])
+    images, labels = _load(tmp_path, "val")
+    assert images.tolist() == ["002.Bird/Bird_2.jpg", "004.Bird/Bird_4.jpg"]
+    np.testing.assert_array_equal(labels, present[[1, 3]])
+    names = (tmp_path / "classes.txt").read_text().splitlines()
+    assert len(names) == 312 and names[0] == "has_part::color_1"
+
+
+def test_cub_missing_label_pair_and_escaping_path(tmp_path):
+    make_cub(tmp_path, [1, 0], np.zeros((2, 312), dtype=np.int64))
+    path = tmp_path / "CUB_200_2011" / "attributes" / "image_attribute_labels.txt"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))
+    with pytest.raises(UserError, match="0 times"):
+        format_cub.format_cub(tmp_path, tmp_path)
+    other = tmp_path / "b"
+    make_cub(other, [1, 0], np.zeros((2, 312), dtype=np.int64), paths=["a/ok.jpg", "../../outside.jpg"])
+    with pytest.raises(UserError, match="outside the image root"):
+        format_cub.format_cub(other, other)
+
+
+def test_cub_missing_folder_names_download(tmp_path):
+    with pytest.raises(UserError, match="CUB_200_2011.*CUB_200_2011.tgz"):
+        format_cub.format_cub(tmp_path, tmp_path)
+
+
+# ---------------------------------------------------------------- NUS-WIDE
+
+def make_nuswide(root: Path, lists: dict[str, list[str]], positives: dict[str, dict[int, list[str]]]) -> None:
+    (root / "ImageList").mkdir(parents=True)
+    (root / "Groundtruth" / "TrainTestLabels").mkdir(parents=True)
+    (root / "Concepts81.txt").write_text("\r\n".join(NUSWIDE_CLASSES) + "\r\n")
+    for tag, entries in lists.items():
+        (root / "ImageList" / f"{tag}Imagelist.txt").write_text("\r\n".join(entries) + "\r\n")
+        for concept in NUSWIDE_CLASSES:
+            values = ["1" if concept in positives[tag].get(row, []) else "0" for row in range(len(entries))]
+            (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_{tag}.txt").write_text("\n".join(values) + "\n")
+
+
+def test_nuswide_official_release(tmp_path):
+    make_nuswide(
+        tmp_path,
+        {"Train": ["C:\\ImageData\\Flickr\\actor\\0001_2124494179.jpg", "actor\\0002_174174086.jpg", "zebra\\0003_1.jpg"],
+         "Test": ["C:\\ImageData\\Flickr\\airport\\0001_9.jpg"]},
+        {"Train": {0: ["sky", "clouds"], 2: ["zebra"]}, "Test": {0: ["airport"]}},
+    )
+    assert format_nuswide.main(["--load-path", str(tmp_path), "--save-path", str(tmp_path)]) == 0
+    images, labels = _load(tmp_path, "train")
+    assert images.tolist() == ["actor/0001_2124494179.jpg", "actor/0002_174174086.jpg", "zebra/0003_1.jpg"]
+    sky, clouds, zebra = (NUSWIDE_CLASSES.index(c) for c in ("sky", "clouds", "zebra"))
+    assert labels[0].nonzero()[0].tolist() == sorted([sky, clouds])
+    assert labels[1].sum() == 0 and labels[2].nonzero()[0].tolist() == [zebra]
+    assert json.loads((tmp_path / "variant.json").read_text())["variant"] == "official"
+
+    out = tmp_path / "labelled"
+    assert format_nuswide.main(["--load-path", str(tmp_path), "--save-path", str(out), "--drop-unlabelled"]) == 0
+    assert _load(out, "train")[0].tolist() == ["actor/0001_2124494179.jpg", "zebra/0003_1.jpg"]
+    assert dataset_variant("nuswide", out, 2, 1) == "official-labelled"
+
+
+def test_nuswide_pre_formatted_files_are_installed_unchanged(tmp_path):
+    src = tmp_path / "download"
+    src.mkdir()
+    labels = np.zeros((2, 81))
+    labels[0, 3] = labels[1, 80] = 1
+    for split in ("train", "val"):
+        np.save(src / f"formatted_{split}_images.npy", np.array(["a/1.jpg", "b/2.jpg"]))
+        np.save(src / f"formatted_{split}_labels.npy", labels)
+    assert format_nuswide.main(["--pre-formatted", str(src), "--save-path", str(tmp_path / "nus")]) == 0
+    np.testing.assert_array_equal(_load(tmp_path / "nus", "train")[1], labels)
+    assert (tmp_path / "nus" / "classes.txt").read_text().splitlines() == list(NUSWIDE_CLASSES)
+    # counts of neither published variant
+    assert json.loads((tmp_path / "nus" / "variant.json").read_text())["variant"] == "unknown"
+
+
+def test_nuswide_label_file_length_mismatch(tmp_path):
+    make_nuswide(tmp_path, {"Train": ["a\\1.jpg", "a\\2.jpg"], "Test": ["b\\1.jpg"]}, {"Train": {}, "Test": {}})
+    (tmp_path / "Groundtruth" / "TrainTestLabels" / "Labels_sky_Train.txt").write_text("1\n")
+    with pytest.raises(UserError, match="Labels_sky_Train.txt must hold one 0/1 per line"):
+        format_nuswide.format_nuswide(tmp_path, tmp_path)
+
+
+def test_variant_recognised_from_counts_when_no_record(tmp_path):
+    assert dataset_variant("nuswide", tmp_path, 150000, 60260) == "cole-recrawl"
+    assert dataset_variant("nuswide", tmp_path, 161789, 107859) == "official"
+    assert dataset_variant("coco", tmp_path, 82081, 40137) == "coco2014"
+    assert dataset_variant("coco", tmp_path, 10, 5) == "unknown"
