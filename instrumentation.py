@@ -68,7 +68,8 @@ class RunLog:
 
     def write_results(self, best: dict, status: str, **extra) -> None:
         """`status`: running, completed or interrupted (then `reason` says why)."""
-        skipped = sum(record.get("skipped_images", 0) for record in self.epochs)
+        # per epoch, not summed: the same unreadable image is skipped again every epoch
+        skipped = max((record.get("skipped_images", 0) for record in self.epochs), default=0)
         write_json_atomic(
             self.out / "results.json",
             {"config": self.config, "status": status, **extra, **best, **self.info,

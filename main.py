@@ -162,8 +162,8 @@ def run(cfg: Config) -> dict:
             # Nothing of the unfinished epoch is kept: last.pt and best.pt stay as the last completed epoch left them.
             reason = str(err) if isinstance(err, NonFiniteLoss) else "interrupted by the user (Ctrl-C)"
             run_log.write_results(state.summary(), "interrupted", reason=reason, last_completed_epoch=state.epoch)
-            log.error(f"run interrupted after epoch {state.epoch}: {reason}; "
-                      f"`python main.py --resume {cfg.out}` continues it from {LAST}")
+            log.error(f"stopped during epoch {state.epoch + 1}: {LAST} and results.json (marked interrupted) hold "
+                      f"epoch {state.epoch}; `python main.py --resume {cfg.out}` continues from there")
             raise
         run_log.write_results(state.summary(), "completed")
         log.info(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, test mAP {state.best_test_map:.2f} "
