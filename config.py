@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,34 @@ class Config:
     image_root: Path
     out: Path
     hyper: LossHyper
+    deterministic: bool = False  # PyTorch's deterministic algorithms (GPU runs; CPU runs are already)
+    skip_bad_images: bool = False  # skip unreadable training images (counted in results.json)
+    # How this process was started, not what the run is: left out of config.json.
+    resume: bool = False  # continue the run in `out` from its last.pt
+    eval_only: Path | None = None  # score this checkpoint on val and test, train nothing
 
     def to_dict(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
+                if k not in _INVOCATION_FIELDS}
+
+    @classmethod
+    def from_dict(cls, saved: dict, source: Path, **changes) -> "Config":
+        """The config a run saved (config.json or a checkpoint), with `changes` applied."""
+        names = {f.name for f in dataclasses.fields(cls)} - _INVOCATION_FIELDS
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        if missing := sorted(required - set(saved)):
+            raise UserError(f"{source} lacks {', '.join(missing)}: it was written by another version of spml")
+        if unknown := sorted(set(saved) - names):
+            raise UserError(f"{source} has unknown settings {', '.join(unknown)}: it was written by another version of spml")
+        values = {k: Path(v) if k in ("data_dir", "image_root", "out") else v for k, v in saved.items()}
+        values["hyper"] = LossHyper(**saved["hyper"])
+        return cls(**{**values, **changes})
+
+
+_INVOCATION_FIELDS = {"resume", "eval_only"}
+# The only flags that may accompany --resume / --eval-only: where and how fast to run, not what.
+_RESUME_FLAGS = {"resume", "gpu", "num_workers"}
+_EVAL_FLAGS = {"eval_only", "gpu", "num_workers", "data_dir", "image_root"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset>)")
     p.add_argument("--image-root", type=Path, help="image folder (default: the dataset's, inside --data-dir)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<dataset>_<loss>_s<seed>_<time>); never overwritten")
+    p.add_argument("--deterministic", action="store_true",
+                   help="use PyTorch's deterministic algorithms (GPU runs: slower, bit-reproducible; CPU runs already are)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable or truncated training images and count them in results.json "
+                        "(default: stop with the image's path); val/test images are never skipped")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue a killed run from its last completed epoch, with its saved configuration")
+    p.add_argument("--eval-only", type=Path, metavar="CHECKPOINT",
+                   help="score a checkpoint (last.pt or best.pt) on val and test; writes eval_<name>.json beside it")
     hp = p.add_argument_group("loss hyperparameters (defaults: per dataset, SPEC §3)")
     hp.add_argument("--alpha", type=float, help="EM weight of the unknown-label entropy")
     hp.add_argument("--beta", type=float, help="APL weight of the soft pseudo-negatives")
@@ -117,8 +152,54 @@ def _device(gpu: str) -> str:
     return f"cuda:{gpu}"
 
 
+def _given_flags(argv: list[str] | None) -> set[str]:
+    """Destinations of the flags actually typed: parse again with every default replaced by a marker."""
+    parser, unset = build_parser(), object()
+    for action in parser._actions:
+        action.default = unset
+    return {dest for dest, value in vars(parser.parse_args(argv)).items() if value is not unset}
+
+
+def _saved_config(args: argparse.Namespace, argv: list[str] | None) -> Config:
+    """--resume / --eval-only: the run's own configuration; refuses flags that would change what it is."""
+    if args.resume and args.eval_only:
+        raise UserError("--resume and --eval-only exclude each other: pass one")
+    flag, allowed = ("--resume", _RESUME_FLAGS) if args.resume else ("--eval-only", _EVAL_FLAGS)
+    if extra := sorted(_given_flags(argv) - allowed):
+        shown = ", ".join("--" + dest.replace("_", "-") for dest in extra)
+        keep = ", ".join("--" + dest.replace("_", "-") for dest in sorted(allowed))
+        raise UserError(f"{flag} uses the run's saved configuration; drop {shown} (only {keep} may be given)")
+    if args.resume:
+        source = args.resume / "config.json"
+        if not source.is_file():
+            raise UserError(f"--resume {args.resume}: no config.json there; pass the folder of a run started by main.py")
+        try:
+            saved = json.loads(source.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"{source} is not valid JSON ({err}); the run folder is damaged") from err
+    else:
+        from checkpoint import load_checkpoint
+
+        source = args.eval_only
+        saved = load_checkpoint(args.eval_only)["config"]
+    changes: dict = {"resume": args.resume is not None, "eval_only": args.eval_only}
+    if args.resume:
+        changes["out"] = args.resume  # the folder may have been moved since
+    given = vars(args)
+    for key in ("num_workers", "data_dir", "image_root"):
+        if given.get(key) is not None:
+            changes[key] = given[key]
+    if given.get("data_dir") is not None and given.get("image_root") is None:
+        changes["image_root"] = given["data_dir"] / PRESETS[saved["dataset"]].image_root
+    gpu = args.gpu if "gpu" in _given_flags(argv) else saved["device"].removeprefix("cuda:")
+    changes["device"] = _device(gpu)
+    return Config.from_dict(saved, source, **changes)
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
+    if args.resume or args.eval_only:
+        return _saved_config(args, argv)
     preset = PRESETS[args.dataset]
     pick = lambda value, default: default if value is None else value  # noqa: E731
     data_dir = args.data_dir or DATA_ROOT / args.dataset
@@ -151,4 +232,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
             expected_pos=pick(args.expected_pos, preset.expected_pos),
             epochs=epochs,
         ),
+        deterministic=args.deterministic,
+        skip_bad_images=args.skip_bad_images,
     )

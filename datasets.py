@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from errors import UserError
 from npy_io import load_npy
@@ -167,12 +167,18 @@ def load_splits(
 
 
 class ImageDataset(Dataset):
-    """Yields (image tensor, label row, index); the index lets stateful losses address rows."""
+    """Yields (image tensor, label row, index); the index lets stateful losses address rows.
 
-    def __init__(self, split: Split, transform):
+    An unreadable or truncated image stops the run with its path; with
+    `skip_unreadable` it yields None instead, which `collate_skipping` drops
+    from the batch (the training loop counts what it did not see).
+    """
+
+    def __init__(self, split: Split, transform, skip_unreadable: bool = False):
         self.images = split.images
         self.labels = torch.from_numpy(split.labels)
         self.transform = transform
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.images)
@@ -181,7 +187,19 @@ class ImageDataset(Dataset):
         path = self.images[index]
         try:
             with Image.open(path) as img:
-                image = img.convert("RGB")
-        except OSError as err:
-            raise UserError(f"cannot read image {path}: {err}") from err
+                image = img.convert("RGB")  # decodes the whole file: a truncated image fails here
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            if self.skip_unreadable:
+                log.warning(f"skipping unreadable image {path}: {err}")
+                return None
+            raise UserError(f"cannot read image {path}: {err} (re-extract it; --skip-bad-images skips "
+                            f"unreadable training images)") from err
         return self.transform(image), self.labels[index], index
+
+
+def collate_skipping(batch: list):
+    """`default_collate` of the readable samples; an all-unreadable batch becomes an empty one."""
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long)
+    return default_collate(kept)

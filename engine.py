@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ class NonFiniteLoss(UserError):
 class TrainState:
     """Counters and the best result so far; the only state that changes during a run."""
 
-    epoch: int = 0
+    epoch: int = 0  # the last completed epoch
     best_epoch: int = 0
     best_val_map: float = -math.inf
     best_test_map: float = math.nan
@@ -58,8 +59,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
                     device: torch.device, epoch: int) -> dict:
     model.train()
     totals: dict[str, float] = {}
+    seen = 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
     for step, (images, targets, index) in enumerate(bar, start=1):
+        seen += len(index)
+        if len(index) == 0:  # every image of the batch was unreadable and skipped (--skip-bad-images)
+            continue
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         index = index.to(device, non_blocking=True)
@@ -77,7 +82,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
         totals["loss"] = totals.get("loss", 0.0) + value
         bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
     steps = max(len(loader), 1)
-    return {name: total / steps for name, total in totals.items()}
+    out = {name: total / steps for name, total in totals.items()}
+    out["skipped_images"] = len(loader.dataset) - seen
+    return out
 
 
 @torch.no_grad()
@@ -95,21 +102,29 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, thresho
 
 
 def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, loaders: dict[str, DataLoader],
-        device: torch.device, epochs: int, patience: int, threshold: float, run: RunLog) -> TrainState:
-    """Train, validate and test each epoch; keep the best-val weights; stop after `patience` epochs without gain."""
-    state = TrainState()
+        device: torch.device, epochs: int, patience: int, threshold: float, run: RunLog,
+        state: TrainState | None = None, on_epoch_end: Callable[[TrainState, bool], None] | None = None) -> TrainState:
+    """Train, validate and test each epoch; keep the best-val weights; stop after `patience` epochs without gain.
+
+    A resumed run passes its restored `state` and continues after `state.epoch`;
+    `on_epoch_end(state, improved)` runs after each epoch is logged (checkpoints).
+    """
+    state = state if state is not None else TrainState()
     score_train = lambda: predict(model, loaders["train_eval"], device, "scoring train set")  # noqa: E731
-    for epoch in range(1, epochs + 1):
+    for epoch in range(state.epoch + 1, epochs + 1):
         started = time.perf_counter()
         loss_fn.start_epoch(epoch, score_train)
         train = train_one_epoch(model, loaders["train"], loss_fn, optimizer, device, epoch)
         val = evaluate(model, loaders["val"], device, threshold, "val")
         test = evaluate(model, loaders["test"], device, threshold, "test")
-        record = {"epoch": epoch, "train_loss": train.pop("loss"), "val_map": val["map"], "test_map": test["map"],
+        record = {"epoch": epoch, "train_loss": train.pop("loss"), "skipped_images": train.pop("skipped_images"),
+                  "val_map": val["map"], "test_map": test["map"],
                   "train_terms": train, "val": val, "test": test, "time_s": time.perf_counter() - started}
         improved = state.update(epoch, val["map"], test["map"], model)
         run.log_epoch(record, state.summary())
         log.info(epoch_line(record, epochs, improved))
+        if on_epoch_end is not None:
+            on_epoch_end(state, improved)
         if state.should_stop(patience):
             log.info(f"val mAP has not improved for {patience} epoch(s): stopping early")
             break

@@ -19,29 +19,43 @@ from errors import UserError
 log = logging.getLogger(__name__)
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-class RunLog:
-    """Owns one run folder; refuses to reuse a folder that already holds files."""
+def write_json_atomic(path: Path, obj) -> None:
+    _write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
-    def __init__(self, out: Path, config: dict):
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"run folder {out} already exists and is not empty; pass a new --out")
-        out.mkdir(parents=True, exist_ok=True)
+
+class RunLog:
+    """Owns one run folder; refuses to reuse a folder that already holds files, unless resuming it.
+
+    `resumed_epochs`: the epoch records of the checkpoint a resumed run starts
+    from; metrics.jsonl is rewritten to exactly those, dropping any epoch logged
+    after the checkpoint, so no epoch appears twice. `info` holds run facts
+    (image size, ...) copied into every results.json.
+    """
+
+    def __init__(self, out: Path, config: dict, resumed_epochs: list[dict] | None = None):
+        if resumed_epochs is None:
+            if out.exists() and any(out.iterdir()):
+                raise UserError(f"run folder {out} already exists and is not empty; pass a new --out (or --resume {out})")
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out / "config.json", config)
         self.out = out
         self.config = config
-        self.epochs: list[dict] = []
-        write_json_atomic(out / "config.json", config)
+        self.info: dict = {}
+        self.epochs: list[dict] = list(resumed_epochs or [])
+        if resumed_epochs is not None:
+            lines = "".join(json.dumps(record) + "\n" for record in self.epochs)
+            _write_text_atomic(out / "metrics.jsonl", lines)
         self._handler = logging.FileHandler(out / "train.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger().addHandler(self._handler)
@@ -52,10 +66,14 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
         self.write_results(best, status)
 
-    def write_results(self, best: dict, status: str) -> None:
+    def write_results(self, best: dict, status: str, **extra) -> None:
+        """`status`: running, completed or interrupted (then `reason` says why)."""
+        # per epoch, not summed: the same unreadable image is skipped again every epoch
+        skipped = max((record.get("skipped_images", 0) for record in self.epochs), default=0)
         write_json_atomic(
             self.out / "results.json",
-            {"config": self.config, "status": status, **best, "epochs": self.epochs},
+            {"config": self.config, "status": status, **extra, **best, **self.info,
+             "skipped_images": skipped, "epochs": self.epochs},
         )
 
     def close(self) -> None:

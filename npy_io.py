@@ -17,8 +17,11 @@ def load_npy(path: Path, fix: str) -> np.ndarray:
         raise UserError(f"missing file {path}: {fix}")
     try:
         return np.load(path, allow_pickle=False)
-    except ValueError as err:  # object arrays need pickle, which can run arbitrary code
-        raise UserError(f"{path} holds Python objects (pickled data), refused; re-save it as a plain string/number array") from err
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # object arrays need pickle, which can run arbitrary code
+            raise UserError(f"{path} holds Python objects (pickled data), refused; "
+                            f"re-save it as a plain string/number array") from err
+        raise UserError(f"{path} is not a readable .npy file ({err}); recreate it: {fix}") from err  # truncated
     except (OSError, EOFError) as err:
         raise UserError(f"{path} is not a readable .npy file ({err}); recreate it: {fix}") from err
 

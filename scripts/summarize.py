@@ -1,0 +1,172 @@
+"""Mean ± std of test mAP over seeds, per dataset x loss, from run folders' results.json.
+
+    python scripts/summarize.py runs/coco_em runs/coco_em_apl [--out DIR]
+
+Each argument is a run folder or a folder holding run folders (a seed sweep);
+every results.json below it is read. Runs are grouped by dataset x loss; a group
+pools its seeds only when everything else of the protocol is the same (backbone,
+image size, val variant, stop rule, data variant, and every other setting but
+the seed and where/how fast it ran): otherwise the script refuses, naming the
+setting that differs. Runs that did not complete are left out, with a warning:
+their numbers were not earned. std is the sample standard deviation (n - 1).
+
+Prints a Markdown table and writes it as summary.md and summary.csv in --out
+(default: the first argument).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repo's modules
+
+from errors import UserError  # noqa: E402
+
+log = logging.getLogger("summarize")
+
+# Settings that may differ between the seeds of one pooled group: the seed itself and
+# where or how fast the run went, never what it computed.
+POOLABLE = {"seed", "out", "device", "num_workers", "data_dir", "image_root", "deterministic"}
+COLUMNS = ["dataset", "loss", "n", "seeds", "test_map_mean", "test_map_std", "val_map_mean", "val_map_std",
+           "backbone", "image_size", "val_variant", "stop_rule", "data_variant"]
+
+
+def find_results(paths: list[Path]) -> list[Path]:
+    found = []
+    for path in paths:
+        if not path.is_dir():
+            raise UserError(f"{path} is not a folder; pass run folders or folders of run folders")
+        hits = sorted(path.rglob("results.json"))
+        if not hits:
+            raise UserError(f"no results.json under {path}; pass the --out folder of main.py runs")
+        found += hits
+    return sorted(set(found))
+
+
+def data_variant(results: dict) -> str:
+    """The dataset variant (e.g. which NUS-WIDE release) that main.py recorded in results.json."""
+    return str(results.get("dataset_variant") or "-")
+
+
+def protocol(results: dict) -> dict:
+    """The protocol columns of one run; image size may be in results (recorded by main) or in the config."""
+    config = results["config"]
+    patience = config.get("patience", 0)
+    stop = f"patience {patience}, max {config['epochs']} ep" if patience else f"best of {config['epochs']} ep"
+    return {
+        "backbone": config["model"],
+        "image_size": results.get("image_size", config.get("image_size", "?")),
+        "val_variant": config.get("val_set_variant", "clean"),
+        "stop_rule": stop,
+        "data_variant": data_variant(results),
+    }
+
+
+def _comparable(results: dict) -> dict:
+    return {**{k: v for k, v in results["config"].items() if k not in POOLABLE}, **protocol(results)}
+
+
+def load_runs(paths: list[Path]) -> list[dict]:
+    runs = []
+    for path in find_results(paths):
+        try:
+            results = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path} is not valid JSON ({err})") from err
+        if results.get("status") != "completed":
+            log.warning(f"left out {path.parent}: status {results.get('status')!r} "
+                        f"({results.get('reason', 'not finished')}); resume it with main.py --resume")
+            continue
+        runs.append({"path": path.parent, "results": results})
+    if not runs:
+        raise UserError("no completed run to summarise")
+    return runs
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per dataset x loss; refuses to pool runs whose protocols differ or that repeat a seed."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        config = run["results"]["config"]
+        groups.setdefault((config["dataset"], config["loss"]), []).append(run)
+    rows = []
+    for (dataset, loss), members in sorted(groups.items()):
+        first = members[0]
+        reference = _comparable(first["results"])
+        for other in members[1:]:
+            theirs = _comparable(other["results"])
+            if differ := sorted(k for k in reference.keys() | theirs.keys() if reference.get(k) != theirs.get(k)):
+                key = differ[0]
+                raise UserError(
+                    f"{dataset} x {loss}: refusing to pool runs with different protocols: {key} is "
+                    f"{reference.get(key)!r} in {first['path']} but {theirs.get(key)!r} in {other['path']}"
+                    + (f" (also differ: {', '.join(differ[1:])})" if differ[1:] else "")
+                    + "; summarise them separately")
+        seeds = [run["results"]["config"]["seed"] for run in members]
+        if len(set(seeds)) != len(seeds):
+            repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+            raise UserError(f"{dataset} x {loss}: seed(s) {repeated} appear twice; a repeated seed is not a new sample")
+        test = [run["results"]["test_map"] for run in members]
+        val = [run["results"]["best_val_map"] for run in members]
+        std = lambda xs: statistics.stdev(xs) if len(xs) > 1 else float("nan")  # noqa: E731
+        rows.append({"dataset": dataset, "loss": loss, "n": len(members), "seeds": " ".join(map(str, sorted(seeds))),
+                     "test_map_mean": statistics.fmean(test), "test_map_std": std(test),
+                     "val_map_mean": statistics.fmean(val), "val_map_std": std(val), **protocol(first["results"])})
+    return rows
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± {std:.2f}" if std == std else f"{mean:.2f} (1 seed)"
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ["dataset", "loss", "seeds", "test mAP", "val mAP", "backbone", "image size", "val", "stop rule", "data variant"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["dataset"], r["loss"], f"{r['n']} ({r['seeds']})", _pm(r["test_map_mean"], r["test_map_std"]),
+                 _pm(r["val_map_mean"], r["val_map_std"]), r["backbone"], str(r["image_size"]), r["val_variant"],
+                 r["stop_rule"], r["data_variant"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    parser.add_argument("--out", type=Path, help="folder for summary.md and summary.csv (default: the first RUN_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        rows = summarize(load_runs(args.run_dirs))
+    except UserError as err:
+        log.error(f"error: {err}")
+        return 2
+    table = markdown(rows)
+    sys.stdout.write(table)
+    out = args.out or args.run_dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "summary.md"
+    tmp = md.with_name(".summary.md.tmp")
+    tmp.write_text("Test mAP at the best-val epoch, mean ± sample std over seeds.\n\n" + table)
+    tmp.replace(md)
+    write_csv(out / "summary.csv", rows)
+    log.info(f"written {md} and {out / 'summary.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

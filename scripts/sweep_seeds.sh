@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Train one configuration for several seeds into one folder (the references' habit:
+# a shell loop over seeds), then summarise mean ± std over the seeds.
+#
+#   scripts/sweep_seeds.sh OUT_DIR "SEEDS" [main.py flags...]
+#   scripts/sweep_seeds.sh runs/coco_em "1 2 3" -d coco -l EM -g 0
+#   python scripts/summarize.py runs/coco_em
+#
+# Seed N runs `python main.py FLAGS -s N --out OUT_DIR/seedN`. Re-running the sweep
+# skips the seeds already completed and resumes the interrupted ones (--resume),
+# so a crashed sweep is finished by running the same line again. A failing seed
+# does not stop the others; the script exits non-zero naming the failed seeds.
+set -uo pipefail
+
+if [[ $# -lt 2 ]]; then
+    echo "usage: $0 OUT_DIR \"SEED [SEED...]\" [main.py flags...]" >&2
+    exit 2
+fi
+out_dir=$1
+seeds=$2
+shift 2
+for flag in "$@"; do
+    case $flag in
+        -s|--seed|--seed=*|--out|--out=*|--resume|--resume=*|--eval-only|--eval-only=*)
+            echo "error: $0 sets the seed and the run folder itself; drop $flag" >&2
+            exit 2 ;;
+    esac
+done
+python=${PYTHON:-python}
+main=$(cd "$(dirname "$0")/.." && pwd)/main.py
+mkdir -p "$out_dir"
+
+status_of() {  # completed / running / interrupted, or "none" when the run has not written results yet
+    "$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["status"])' "$1/results.json" 2>/dev/null || echo none
+}
+
+failed=()
+for seed in $seeds; do
+    run_dir=$out_dir/seed$seed
+    if [[ -f $run_dir/last.pt ]]; then
+        case $(status_of "$run_dir") in
+            completed) echo "seed $seed: already completed in $run_dir, skipped" >&2; continue ;;
+            *) echo "seed $seed: resuming $run_dir" >&2
+               "$python" "$main" --resume "$run_dir" || failed+=("$seed"); continue ;;
+        esac
+    fi
+    if [[ -d $run_dir ]] && [[ -n $(ls -A "$run_dir") ]]; then
+        # started elsewhere, or killed before its first epoch ended: never delete a run folder here
+        echo "seed $seed: $run_dir exists without a completed epoch; remove it to start the seed again" >&2
+        failed+=("$seed")
+        continue
+    fi
+    echo "seed $seed: training into $run_dir" >&2
+    "$python" "$main" "$@" -s "$seed" --out "$run_dir" || failed+=("$seed")
+done
+
+if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "error: seed(s) ${failed[*]} failed; see $out_dir/seed<N>/train.log, then run this line again to resume them" >&2
+    exit 1
+fi
+echo "all seeds done: python $(dirname "$0")/summarize.py $out_dir" >&2

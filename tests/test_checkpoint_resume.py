@@ -1,0 +1,192 @@
+"""Runs that survive: checkpoints, kill-and-resume, interruption, eval-only, bad images.
+
+All runs use a small copy of the embedded digits dataset (120 official train
+and 60 official val/test images, with their own image folder) so the whole file
+stays fast on two CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+from checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from config import parse_args
+from errors import UserError
+from losses import LOSSES, LossEntry, SPMLLoss, loss_an
+from main import main
+from npy_io import save_npy_atomic
+from presets import DATA_ROOT, REPO_ROOT
+
+N_TRAIN, N_TEST = 120, 60
+
+
+@pytest.fixture(scope="module")
+def small_digits(tmp_path_factory) -> Path:
+    """A dataset folder with the first rows of digits and copies of their images (so tests may damage them)."""
+    from preproc.format_digits import format_digits
+    from preproc.generate_observed_labels import generate_observed_labels
+
+    src = DATA_ROOT / "digits"
+    if not (src / "formatted_val_labels.npy").is_file():
+        format_digits(src)
+    if not (src / "formatted_val_labels_obs.npy").is_file():
+        generate_observed_labels(src)
+    dst = tmp_path_factory.mktemp("small_digits")
+    for split, n in (("train", N_TRAIN), ("val", N_TEST)):
+        for kind in ("images", "labels", "labels_obs"):
+            save_npy_atomic(dst / f"formatted_{split}_{kind}.npy", np.load(src / f"formatted_{split}_{kind}.npy")[:n])
+        for name in np.load(dst / f"formatted_{split}_images.npy"):
+            (dst / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src / "images" / name, dst / "images" / name)
+    return dst
+
+
+def flags(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["-g", "cpu", "-l", "EM", "--patience", "0", "--data-dir", str(data), "--out", str(out), *extra]
+
+
+def epochs_without_time(run_dir: Path) -> list[dict]:
+    results = json.loads((run_dir / "results.json").read_text())
+    return [{k: v for k, v in record.items() if k != "time_s"} for record in results["epochs"]]
+
+
+def test_kill_and_resume_matches_uninterrupted_run(small_digits, tmp_path):
+    epochs = "6"
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    proc = subprocess.Popen([sys.executable, "main.py", *flags(small_digits, killed, "--epochs", epochs)],
+                            cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / LAST).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # mid-run: epoch 1 is checkpointed, the run has 5 more to go
+    assert proc.wait() == -signal.SIGKILL
+    assert json.loads((killed / "results.json").read_text())["status"] == "running"
+    done_before = load_checkpoint(killed / LAST)["train_state"]["epoch"]
+    assert 1 <= done_before < 6
+
+    assert main(["--resume", str(killed), "-g", "cpu"]) == 0
+    assert main(flags(small_digits, straight, "--epochs", epochs)) == 0
+    resumed = epochs_without_time(killed)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert resumed == epochs_without_time(straight)
+    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]  # no epoch logged twice
+    assert json.loads((killed / "results.json").read_text())["status"] == "completed"
+
+    # a completed run is not resumed again; resuming refuses flags that would change the run
+    assert main(["--resume", str(killed), "-g", "cpu"]) == 2
+    with pytest.raises(UserError, match="drop --lr"):
+        parse_args(["--resume", str(straight), "--lr", "0.1"])
+
+    # --eval-only rescoring best.pt reproduces the best epoch's numbers
+    assert main(["--eval-only", str(straight / BEST), "-g", "cpu"]) == 0
+    scored = json.loads((straight / "eval_best.json").read_text())
+    results = json.loads((straight / "results.json").read_text())
+    assert scored["epoch"] == results["best_epoch"]
+    assert scored["test"]["map"] == pytest.approx(results["test_map"], abs=1e-9)
+    assert scored["val"]["map"] == pytest.approx(results["best_val_map"], abs=1e-9)
+
+
+def test_atomic_checkpoint_write_survives_a_crash(tmp_path, monkeypatch):
+    path = tmp_path / LAST
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 1})
+
+    def crash_midway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "epoch": 2})
+    monkeypatch.undo()
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == 1 and torch.equal(ckpt["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == [LAST]  # no temporary file left behind
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_checkpoint_loading_refuses_pickles_and_damage(tmp_path):
+    torch.save({"version": checkpoint.FORMAT_VERSION, "model": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"x": torch.ones(1)})
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"version": 99}, tmp_path / "future.pt")
+    with pytest.raises(UserError, match="format 1"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+class _FailsAtEpoch2(SPMLLoss):
+    """`an`, until epoch 2 where the first step raises `error` (NaN loss or a Ctrl-C)."""
+
+    def __init__(self, error: str):
+        super().__init__()
+        self.error, self.epoch = error, 0
+
+    def start_epoch(self, epoch, score_train):
+        self.epoch = epoch
+
+    def forward(self, logits, targets, index):
+        terms = loss_an(logits, targets)
+        if self.epoch == 2 and self.error == "nan":
+            return {"main": terms["main"] * float("nan")}
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return terms
+
+
+@pytest.mark.parametrize("error, code", [("nan", 2), ("ctrl-c", 130)])
+def test_interrupted_run_keeps_best_checkpoint_and_marks_results(small_digits, tmp_path, monkeypatch, capsys, error, code):
+    monkeypatch.setitem(LOSSES, "fails", LossEntry(lambda hp, n, c: _FailsAtEpoch2(error), "observed", "test"))
+    out = tmp_path / "run"
+    assert main(["-g", "cpu", "-l", "fails", "--patience", "0", "--epochs", "3", "--data-dir", str(small_digits),
+                 "--out", str(out)]) == code
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["last_completed_epoch"] == 1
+    assert [r["epoch"] for r in results["epochs"]] == [1] and results["best_epoch"] == 1
+    if error == "nan":
+        assert "epoch 2, step 1" in results["reason"]
+        assert "error: non-finite loss (nan) at epoch 2, step 1" in capsys.readouterr().err
+    assert load_checkpoint(out / BEST)["train_state"]["best_epoch"] == 1
+    last = load_checkpoint(out / LAST)
+    assert last["train_state"]["epoch"] == 1 and torch.isfinite(last["model"]["classifier.weight"]).all()
+
+
+def test_unreadable_image_stops_or_is_skipped_and_counted(small_digits, tmp_path, capsys):
+    from datasets import SPLIT_SEED, VAL_FRAC, generate_split
+
+    data = tmp_path / "data"
+    shutil.copytree(small_digits, data)
+    train_idx, _ = generate_split(N_TRAIN, VAL_FRAC, SPLIT_SEED)
+    bad = data / "images" / np.load(data / "formatted_train_images.npy")[train_idx[0]]
+    bad.write_bytes(bad.read_bytes()[:40])  # a truncated PNG of the train split
+
+    assert main(flags(data, tmp_path / "stops", "--epochs", "1")) == 2
+    assert f"cannot read image {bad}" in capsys.readouterr().err
+    assert main(flags(data, tmp_path / "skips", "--epochs", "2", "--skip-bad-images")) == 0
+    results = json.loads((tmp_path / "skips" / "results.json").read_text())
+    assert results["status"] == "completed" and results["skipped_images"] == 1
+    assert [r["skipped_images"] for r in results["epochs"]] == [1, 1]
+
+
+def test_same_seed_same_metrics(small_digits, tmp_path):
+    for name in ("a", "b"):
+        assert main(flags(small_digits, tmp_path / name, "--epochs", "1", "-s", "3")) == 0
+    assert epochs_without_time(tmp_path / "a") == epochs_without_time(tmp_path / "b")

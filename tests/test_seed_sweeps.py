@@ -1,0 +1,112 @@
+"""Seed sweeps: scripts/summarize.py over fake run folders, scripts/sweep_seeds.sh on digits."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from presets import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import summarize  # noqa: E402
+
+
+def fake_run(folder: Path, seed: int, test_map: float, val_map: float = 80.0, status: str = "completed", **config):
+    folder.mkdir(parents=True)
+    cfg = {"dataset": "pascal", "loss": "EM", "model": "resnet50", "seed": seed, "device": "cuda:0", "epochs": 10,
+           "bsize": 8, "lr": 1e-5, "patience": 1, "num_workers": 8, "val_set_variant": "clean",
+           "out": str(folder), "hyper": {"alpha": 0.2}, **config}
+    results = {"config": cfg, "status": status, "best_epoch": 3, "best_val_map": val_map, "test_map": test_map,
+               "image_size": 448, "epochs": []}
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_summary_mean_std_per_dataset_and_loss(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "seed1", 1, 88.0, 80.0)
+    fake_run(sweep / "seed2", 2, 89.0, 81.0)
+    fake_run(sweep / "seed3", 3, 90.5, 82.0)
+    fake_run(sweep / "seed4", 4, 10.0, status="interrupted")  # not earned: left out
+    fake_run(tmp_path / "an" / "seed1", 1, 85.0, loss="an")
+    assert summarize.main([str(sweep), str(tmp_path / "an"), "--out", str(tmp_path / "table")]) == 0
+    printed = capsys.readouterr()
+    # EM: mean (88 + 89 + 90.5) / 3 = 89.1667; sample std sqrt((1.1667² + 0.1667² + 1.3333²) / 2) = 1.2583
+    assert "| pascal | EM | 3 (1 2 3) | 89.17 ± 1.26 | 81.00 ± 1.00 | resnet50 | 448 | clean | patience 1, max 10 ep | - |" in printed.out
+    assert "| pascal | an | 1 (1) | 85.00 (1 seed) |" in printed.out
+    assert "left out" in printed.err and "seed4" in printed.err
+    rows = list(csv.DictReader(open(tmp_path / "table" / "summary.csv")))
+    assert [(r["loss"], r["n"], r["test_map_mean"], r["test_map_std"]) for r in rows] == [
+        ("EM", "3", "89.1667", "1.2583"), ("an", "1", "85.0000", "nan")]
+    assert (tmp_path / "table" / "summary.md").read_text().count("| pascal |") == 2
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"model": "vit"}, "model"),
+    ({"val_set_variant": "observed"}, "val_set_variant"),
+    ({"patience": 0}, "patience"),
+    ({"nus_variant": "cole"}, "nus_variant"),
+    ({"lr": 1e-4}, "lr"),
+])
+def test_summary_refuses_to_pool_different_protocols(tmp_path, capsys, change, field):
+    fake_run(tmp_path / "seed1", 1, 88.0)
+    fake_run(tmp_path / "seed2", 2, 89.0, **change)
+    assert summarize.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to pool" in err and field in err
+    assert not (tmp_path / "summary.md").exists()
+
+
+def test_summary_refuses_a_repeated_seed(tmp_path, capsys):
+    fake_run(tmp_path / "a", 1, 88.0)
+    fake_run(tmp_path / "b", 1, 89.0)
+    assert summarize.main([str(tmp_path)]) == 2
+    assert "appear twice" in capsys.readouterr().err
+
+
+def digits_subset(folder: Path, n: int = 160) -> Path:
+    """The first `n` official train and val rows of digits, reading the images in place."""
+    import numpy as np
+
+    from npy_io import save_npy_atomic
+    from preproc.format_digits import format_digits
+    from preproc.generate_observed_labels import generate_observed_labels
+    from presets import DATA_ROOT
+
+    src = DATA_ROOT / "digits"
+    if not (src / "formatted_val_labels.npy").is_file():
+        format_digits(src)
+    if not (src / "formatted_val_labels_obs.npy").is_file():
+        generate_observed_labels(src)
+    for split in ("train", "val"):
+        for kind in ("images", "labels", "labels_obs"):
+            save_npy_atomic(folder / f"formatted_{split}_{kind}.npy", np.load(src / f"formatted_{split}_{kind}.npy")[:n])
+    return src / "images"
+
+
+def test_sweep_script_on_digits_two_seeds(tmp_path):
+    out, data = tmp_path / "sweep", tmp_path / "digits"
+    images = digits_subset(data)
+    script = REPO_ROOT / "scripts" / "sweep_seeds.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    args = [str(script), str(out), "1 2", "-g", "cpu", "-l", "EM", "--epochs", "1",
+            "--data-dir", str(data), "--image-root", str(images)]
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seeds = [json.loads((out / f"seed{s}" / "results.json").read_text()) for s in (1, 2)]
+    assert [r["config"]["seed"] for r in seeds] == [1, 2] and all(r["status"] == "completed" for r in seeds)
+    assert seeds[0]["test_map"] != seeds[1]["test_map"]  # really two seeds
+
+    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stderr.count("already completed") == 2
+    refused = subprocess.run([*args, "-s", "3"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "drop -s" in refused.stderr
+
+    summary = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "summarize.py"), str(out)],
+                             capture_output=True, text=True, timeout=60)
+    assert summary.returncode == 0, summary.stderr
+    assert "| digits | EM | 2 (1 2) |" in summary.stdout
