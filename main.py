@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from clip_models import ClipSpec
 from config import Config, parse_args
 from datasets import DatasetSplits, ImageDataset, load_splits
 from engine import fit
@@ -22,6 +23,8 @@ from errors import UserError
 from instrumentation import RunLog
 from losses import LOSSES, create_loss
 from models import MultiLabelModel, create_backbone
+from presets import PRESETS
+from vlpl import FlipViewDataset, VLPLLoss, attach_clip_pseudo_labels
 
 log = logging.getLogger("spml")
 
@@ -39,16 +42,19 @@ def prepare_digits(cfg: Config) -> None:
         generate_observed_labels(cfg.data_dir)
 
 
-def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel) -> dict[str, DataLoader]:
-    from presets import PRESETS
-
-    train_tf = model.preprocess.transform(train=True, hflip=PRESETS[cfg.dataset].hflip)
+def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
+                 flip_views: bool = False) -> dict[str, DataLoader]:
+    """`flip_views`: the train set flips images itself and reports it in the index (vlpl.FlipViewDataset)."""
+    hflip = PRESETS[cfg.dataset].hflip
+    train_tf = model.preprocess.transform(train=True, hflip=hflip)
+    train_set = (FlipViewDataset(splits.train, model.preprocess.transform(train=True, hflip=False), hflip)
+                 if flip_views else ImageDataset(splits.train, train_tf))
     eval_tf = model.preprocess.transform(train=False, hflip=False)
     common = dict(batch_size=cfg.bsize, num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu",
                   persistent_workers=cfg.num_workers > 0)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     return {
-        "train": DataLoader(ImageDataset(splits.train, train_tf), shuffle=True, generator=shuffle_gen, **common),
+        "train": DataLoader(train_set, shuffle=True, generator=shuffle_gen, **common),
         # the train images in order, without augmentation: for pseudo-labelling passes
         "train_eval": DataLoader(ImageDataset(splits.train, eval_tf), shuffle=False, **common),
         # never drop the last partial batch at evaluation (a trap of the references)
@@ -66,10 +72,15 @@ def run(cfg: Config) -> dict:
     label_view = LOSSES[cfg.loss].label_view
     splits = load_splits(cfg.data_dir, cfg.dataset, cfg.image_root, label_view, cfg.val_set_variant)
     device = torch.device(cfg.device)
-    model = MultiLabelModel(create_backbone(cfg.model, cfg.pretrained), splits.num_classes).to(device)
+    backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights, ClipSpec(cfg.clip_model, cfg.clip_weights))
+    model = MultiLabelModel(backbone, splits.num_classes).to(device)
     loss_fn = create_loss(cfg.loss, cfg.hyper, len(splits.train.images), splits.num_classes).to(device)
+    uses_clip = isinstance(loss_fn, VLPLLoss)
+    if uses_clip:  # frozen-CLIP pseudo-labels: scored once (cached), before the first step
+        views = 2 if PRESETS[cfg.dataset].hflip else 1
+        attach_clip_pseudo_labels(loss_fn, cfg, splits.train, views, device)
     optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=cfg.lr)
-    loaders = make_loaders(cfg, splits, model)
+    loaders = make_loaders(cfg, splits, model, flip_views=uses_clip)
 
     run_log = RunLog(cfg.out, cfg.to_dict())
     try:
