@@ -66,8 +66,8 @@ def _open_clip():
 
 @contextlib.contextmanager
 def _quiet():
-    """open_clip logs each build step at INFO on the root logger; keep the run log readable."""
-    logging.disable(logging.INFO)
+    """open_clip logs each build step (and its failures, which we re-raise as one line) on the root logger."""
+    logging.disable(logging.ERROR)
     try:
         yield
     finally:
@@ -97,7 +97,11 @@ def _hf_location(name: str) -> str:
 def create_clip(spec: ClipSpec) -> nn.Module:
     """The full open_clip model (both towers) in eval mode, with weights per `spec`."""
     with _quiet():
-        return _create_clip(spec)
+        model = _create_clip(spec)
+    if spec.is_config_file and spec.weights is None:
+        log.warning(f"CLIP model {spec.model} has no weights (--clip-weights): randomly initialised "
+                    f"(seed {RANDOM_INIT_SEED}); its pseudo-labels are meaningless outside tests")
+    return model
 
 
 def _create_clip(spec: ClipSpec) -> nn.Module:
@@ -112,12 +116,8 @@ def _create_clip(spec: ClipSpec) -> nn.Module:
             raise UserError(f"--clip-weights {spec.weights} does not load into {spec.name} ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:200]})") from err
     elif spec.is_config_file:
-        logging.disable(logging.NOTSET)
-        log.warning(f"CLIP model {spec.model} has no weights (--clip-weights): randomly initialised "
-                    f"(seed {RANDOM_INIT_SEED}); its pseudo-labels are meaningless outside tests")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            logging.disable(logging.INFO)
             model = open_clip.create_model(spec.name, pretrained=None)
     else:
         where = (f"place {_hf_location(spec.name)}, or pass --clip-weights PATH "

@@ -125,9 +125,9 @@ def train_similarities(dataset: str, data_dir: Path, image_paths: np.ndarray, cl
         log.warning(f"CLIP scores: {cache} has shape {scores.shape}, expected "
                     f"{(views * len(image_paths), len(class_names))}; recomputing it")
 
+    model = create_clip(spec).to(device)
     log.info(f"CLIP scores: scoring {len(image_paths)} training images x {views} view(s) with {spec.name} "
              f"(once; cached in {cache})")
-    model = create_clip(spec).to(device)
     if text_features is not None:
         text = torch.from_numpy(text_np)
         dim = model.visual.output_dim

@@ -207,13 +207,20 @@ def _timm_convnext_xlarge(tag: str, pretrained: bool) -> Backbone:
     import timm
 
     name = f"convnext_xlarge.{tag}"
+    where = (f"place the Hugging Face repo timm/{name} (model.safetensors) in the hub cache "
+             f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}, "
+             f"or pass --pretrained-weights PATH or --no-pretrained")
+    if pretrained and os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        # Check before building: the model has 350M parameters to initialise.
+        if not any(isinstance(try_to_load_from_cache(f"timm/{name}", f), str)
+                   for f in ("model.safetensors", "pytorch_model.bin")):
+            raise UserError(f"{name} weights are not in the local cache and HF_HUB_OFFLINE=1: {where}")
     try:
         net = timm.create_model(name, pretrained=pretrained, num_classes=0)  # num_classes=0: pooled features
     except Exception as err:  # not cached and offline, no network
-        raise UserError(f"cannot load the {name} weights ({type(err).__name__}): place the Hugging Face repo "
-                        f"timm/{name} (model.safetensors) in the hub cache "
-                        f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}, "
-                        f"or pass --pretrained-weights PATH or --no-pretrained") from err
+        raise UserError(f"cannot load the {name} weights ({type(err).__name__}): {where}") from err
     return Backbone(net, net.num_features, Preprocess(448, IMAGENET_MEAN, IMAGENET_STD))
 
 
