@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ import torch
 import clip_scores
 import models
 from clip_models import ClipSpec
-from datasets import Split
 from errors import UserError
 from losses import LossHyper, create_loss, loss_em
 from main import main
