@@ -13,10 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clip_models import DEFAULT_CLIP_MODEL
+from clip_scores import DEFAULT_PROMPT
 from errors import UserError
 from losses import LOSSES, LossHyper
 from models import BACKBONES
 from presets import DATA_ROOT, PRESETS, REPO_ROOT
+from vlpl import check_vlpl_settings
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class Config:
     image_root: Path
     out: Path
     hyper: LossHyper
+    pretrained_weights: Path | None = None  # local checkpoint for the backbone
+    clip_model: str = DEFAULT_CLIP_MODEL  # open_clip name or JSON config (VLPL scorer, clip_vision)
+    clip_weights: Path | None = None
+    text_features: Path | None = None  # (C, D) class embeddings instead of the text tower
+    prompt_template: str = DEFAULT_PROMPT
     deterministic: bool = False  # PyTorch's deterministic algorithms (GPU runs; CPU runs are already)
     skip_bad_images: bool = False  # skip unreadable training images (counted in results.json)
     # How this process was started, not what the run is: left out of config.json.
@@ -57,12 +65,13 @@ class Config:
             raise UserError(f"{source} lacks {', '.join(missing)}: it was written by another version of spml")
         if unknown := sorted(set(saved) - names):
             raise UserError(f"{source} has unknown settings {', '.join(unknown)}: it was written by another version of spml")
-        values = {k: Path(v) if k in ("data_dir", "image_root", "out") else v for k, v in saved.items()}
+        values = {k: Path(v) if k in _PATH_FIELDS and v is not None else v for k, v in saved.items()}
         values["hyper"] = LossHyper(**saved["hyper"])
         return cls(**{**values, **changes})
 
 
 _INVOCATION_FIELDS = {"resume", "eval_only"}
+_PATH_FIELDS = {"data_dir", "image_root", "out", "pretrained_weights", "clip_weights", "text_features"}
 # The only flags that may accompany --resume / --eval-only: where and how fast to run, not what.
 _RESUME_FLAGS = {"resume", "gpu", "num_workers"}
 _EVAL_FLAGS = {"eval_only", "gpu", "num_workers", "data_dir", "image_root"}
@@ -103,12 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--seed", type=int, default=0, help="PyTorch seed (default: 0)")
     p.add_argument("-m", "--model", choices=sorted(BACKBONES), help="backbone (default: the dataset's, resnet50 for the benchmarks)")
     p.add_argument("--no-pretrained", action="store_true", help="random initialisation instead of ImageNet weights")
+    p.add_argument("--pretrained-weights", type=Path, help="local checkpoint (state dict) to initialise the backbone with")
     p.add_argument("--epochs", type=_positive(int), help="training epochs (default: 10)")
     p.add_argument("--bsize", type=_positive(int), help="batch size (default: per dataset)")
     p.add_argument("--lr", type=_positive(float), help="Adam learning rate (default: per dataset)")
-    p.add_argument("--patience", type=_non_negative_int, default=1,
+    p.add_argument("--patience", type=_non_negative_int,
                    help="stop after this many epochs without a val mAP gain; 1 is the EM/APL code's rule, "
-                        "0 never stops early (Cole, VLPL) (default: 1)")
+                        "0 never stops early (Cole, VLPL) (default: 1; 0 for EM_PL*)")
     p.add_argument("--num-workers", type=_non_negative_int, help="data loading processes (default: per dataset)")
     p.add_argument("--val-set-variant", choices=("clean", "observed"), default="clean",
                    help="score val on its full labels, or on its observed positives only (default: clean)")
@@ -131,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--warmup-epochs", type=_non_negative_int, help="epochs before pseudo-labelling starts")
     hp.add_argument("--ls-coef", type=float, default=0.1, help="label-smoothing coefficient (default: 0.1)")
     hp.add_argument("--expected-pos", type=_positive(float), help="expected positives per image (EPR, ROLE)")
+    vl = p.add_argument_group("VLPL pseudo-labels (EM_PL, EM_PL_ASL) and CLIP models")
+    vl.add_argument("-t", "--temp", type=_positive(float), default=0.01, help="softmax temperature of the CLIP scores (default: 0.01)")
+    vl.add_argument("-th", "--pl-threshold", type=float, default=0.3, help="CLIP score above which a label is pseudo-positive (default: 0.3)")
+    vl.add_argument("-p", "--partial", type=float, default=0.0, help="fraction of classes, lowest CLIP scores, made pseudo-negative (default: 0)")
+    vl.add_argument("--beta-pos", type=float, default=0.7, help="EM_PL weight of pseudo-positives (default: 0.7)")
+    vl.add_argument("--beta-neg", type=float, default=0.0, help="EM_PL weight of pseudo-negatives; 0 leaves them out, as the reference (default: 0)")
+    vl.add_argument("--gamma-pos", type=float, default=2.0, help="EM_PL_ASL focusing of positives (default: 2)")
+    vl.add_argument("--gamma-unknown", type=float, default=4.0, help="EM_PL_ASL focusing of unknown labels (default: 4)")
+    vl.add_argument("--gamma-neg", type=float, default=4.0, help="EM_PL_ASL focusing of pseudo-negatives (default: 4)")
+    vl.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
+                    help=f"open_clip model name or a JSON model config: the frozen scorer and the clip_vision backbone (default: {DEFAULT_CLIP_MODEL})")
+    vl.add_argument("--clip-weights", type=Path, help="local open_clip checkpoint for --clip-model (default: OpenAI weights from open_clip's cache)")
+    vl.add_argument("--text-features", type=Path, help="(num_classes, D) .npy class text embeddings (VLPL's *text_feature.npy) instead of prompts")
+    vl.add_argument("--prompt-template", default=DEFAULT_PROMPT, help=f"class prompt for the CLIP text tower (default: {DEFAULT_PROMPT!r})")
     return p
 
 
@@ -202,21 +226,22 @@ def parse_args(argv: list[str] | None = None) -> Config:
         return _saved_config(args, argv)
     preset = PRESETS[args.dataset]
     pick = lambda value, default: default if value is None else value  # noqa: E731
+    loss_defaults = LOSSES[args.loss].defaults(preset)  # the method's own settings (VLPL), below the flags
     data_dir = args.data_dir or DATA_ROOT / args.dataset
     epochs = pick(args.epochs, preset.epochs)
     out = args.out or REPO_ROOT / "runs" / f"{args.dataset}_{args.loss}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     if not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
-    return Config(
+    cfg = Config(
         dataset=args.dataset,
         loss=args.loss,
         model=pick(args.model, preset.model),
         seed=args.seed,
         device=_device(args.gpu),
         epochs=epochs,
-        bsize=pick(args.bsize, preset.bsize),
+        bsize=pick(args.bsize, loss_defaults.get("bsize", preset.bsize)),
         lr=pick(args.lr, preset.lr),
-        patience=args.patience,
+        patience=pick(args.patience, loss_defaults.get("patience", 1)),
         num_workers=pick(args.num_workers, preset.num_workers),
         pretrained=not args.no_pretrained and BACKBONES[pick(args.model, preset.model)].has_pretrained,
         val_set_variant=args.val_set_variant,
@@ -227,11 +252,26 @@ def parse_args(argv: list[str] | None = None) -> Config:
         hyper=LossHyper(
             alpha=pick(args.alpha, preset.alpha),
             beta=pick(args.beta, preset.beta),
-            warmup_epochs=pick(args.warmup_epochs, preset.warmup_epochs),
+            warmup_epochs=pick(args.warmup_epochs, loss_defaults.get("warmup_epochs", preset.warmup_epochs)),
             ls_coef=args.ls_coef,
             expected_pos=pick(args.expected_pos, preset.expected_pos),
             epochs=epochs,
+            temp=args.temp,
+            pl_threshold=args.pl_threshold,
+            partial=args.partial,
+            beta_pos=args.beta_pos,
+            beta_neg=args.beta_neg,
+            gamma_pos=args.gamma_pos,
+            gamma_unknown=args.gamma_unknown,
+            gamma_neg=args.gamma_neg,
         ),
         deterministic=args.deterministic,
         skip_bad_images=args.skip_bad_images,
+        pretrained_weights=args.pretrained_weights,
+        clip_model=args.clip_model,
+        clip_weights=args.clip_weights,
+        text_features=args.text_features,
+        prompt_template=args.prompt_template,
     )
+    check_vlpl_settings(cfg.hyper)
+    return cfg

@@ -172,13 +172,19 @@ class ImageDataset(Dataset):
     An unreadable or truncated image stops the run with its path; with
     `skip_unreadable` it yields None instead, which `collate_skipping` drops
     from the batch (the training loop counts what it did not see).
+
+    With `flip_views` the dataset flips images at random itself (the transform
+    must not) and yields the *view index* `index + N` for a mirrored image: the
+    row of that view in a (2N, C) table of per-view scores (VLPL's cached CLIP
+    pseudo-labels, see vlpl.py).
     """
 
-    def __init__(self, split: Split, transform, skip_unreadable: bool = False):
+    def __init__(self, split: Split, transform, skip_unreadable: bool = False, flip_views: bool = False):
         self.images = split.images
         self.labels = torch.from_numpy(split.labels)
         self.transform = transform
         self.skip_unreadable = skip_unreadable
+        self.flip_views = flip_views
 
     def __len__(self) -> int:
         return len(self.images)
@@ -194,7 +200,11 @@ class ImageDataset(Dataset):
                 return None
             raise UserError(f"cannot read image {path}: {err} (re-extract it; --skip-bad-images skips "
                             f"unreadable training images)") from err
-        return self.transform(image), self.labels[index], index
+        # torch's RNG, as T.RandomHorizontalFlip: seeded per DataLoader worker.
+        flipped = self.flip_views and torch.rand(()).item() < 0.5
+        if flipped:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return self.transform(image), self.labels[index], index + len(self.images) * int(flipped)
 
 
 def collate_skipping(batch: list):

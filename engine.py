@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader

@@ -19,7 +19,7 @@ pseudo-labels between epochs, and `state_dict()` for checkpointing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -94,6 +94,15 @@ class LossHyper:
     ls_coef: float = 0.1
     expected_pos: float = 2.9
     epochs: int = 10
+    # VLPL (vlpl.py): pseudo-label rule and loss weights, the reference's values
+    temp: float = 0.01
+    pl_threshold: float = 0.3
+    partial: float = 0.0
+    beta_pos: float = 0.7
+    beta_neg: float = 0.0
+    gamma_pos: float = 2.0
+    gamma_unknown: float = 4.0
+    gamma_neg: float = 4.0
 
 
 class SPMLLoss(nn.Module):
@@ -127,6 +136,9 @@ class LossEntry:
     build: Callable[[LossHyper, int, int], SPMLLoss]  # (hyper, num_examples, num_classes)
     label_view: str
     help: str
+    # The method's own run defaults where they differ from the dataset preset, e.g. {"patience": 0};
+    # a function of the preset. Explicit flags still win.
+    defaults: Callable[..., dict] = field(default=lambda preset: {})
 
 
 LOSSES: dict[str, LossEntry] = {}
@@ -148,3 +160,6 @@ def create_loss(name: str, hp: LossHyper, num_examples: int, num_classes: int) -
 register_stateless("bce", loss_iu, "full-label BCE (oracle: trains on the full labels)", label_view="full")
 register_stateless("an", loss_an, "assume negative (Cole et al.)")
 register_stateless("EM", loss_em, "entropy maximisation on unknown labels (Zhou et al.)", hparams=("alpha",))
+
+
+import vlpl  # noqa: E402,F401  (registers EM_PL and EM_PL_ASL; it imports this module)

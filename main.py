@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from clip_models import ClipSpec
 from config import Config, parse_args
 from dataset_provenance import dataset_variant
 from datasets import DatasetSplits, ImageDataset, collate_skipping, load_splits
@@ -26,6 +27,8 @@ from errors import UserError
 from instrumentation import RunLog, write_json_atomic
 from losses import LOSSES, create_loss
 from models import MultiLabelModel, create_backbone
+from presets import PRESETS
+from vlpl import VLPLLoss, attach_clip_pseudo_labels
 
 log = logging.getLogger("spml")
 
@@ -43,15 +46,16 @@ def prepare_digits(cfg: Config) -> None:
         generate_observed_labels(cfg.data_dir)
 
 
-def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel) -> dict[str, DataLoader]:
-    from presets import PRESETS
-
-    train_tf = model.preprocess.transform(train=True, hflip=PRESETS[cfg.dataset].hflip)
+def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
+                 flip_views: bool = False) -> dict[str, DataLoader]:
+    """`flip_views`: the train set flips images itself and reports it in the index (see ImageDataset)."""
+    hflip = PRESETS[cfg.dataset].hflip
+    train_tf = model.preprocess.transform(train=True, hflip=hflip and not flip_views)
     eval_tf = model.preprocess.transform(train=False, hflip=False)
     common = dict(batch_size=cfg.bsize, num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu",
                   persistent_workers=cfg.num_workers > 0)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    train_set = ImageDataset(splits.train, train_tf, skip_unreadable=cfg.skip_bad_images)
+    train_set = ImageDataset(splits.train, train_tf, skip_unreadable=cfg.skip_bad_images, flip_views=flip_views and hflip)
     # Fresh train workers each epoch, seeded from shuffle_gen: with the generator's
     # state in last.pt, a resumed epoch sees the same order and augmentations.
     train_common = {**common, "persistent_workers": False}
@@ -124,10 +128,15 @@ def run(cfg: Config) -> dict:
     label_view = LOSSES[cfg.loss].label_view
     splits = load_splits(cfg.data_dir, cfg.dataset, cfg.image_root, label_view, cfg.val_set_variant)
     device = torch.device(cfg.device)
-    model = MultiLabelModel(create_backbone(cfg.model, cfg.pretrained), splits.num_classes).to(device)
+    backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights, ClipSpec(cfg.clip_model, cfg.clip_weights))
+    model = MultiLabelModel(backbone, splits.num_classes).to(device)
     loss_fn = create_loss(cfg.loss, cfg.hyper, len(splits.train.images), splits.num_classes).to(device)
+    uses_clip = isinstance(loss_fn, VLPLLoss)
+    if uses_clip:  # frozen-CLIP pseudo-labels: scored once (cached), before the first step
+        views = 2 if PRESETS[cfg.dataset].hflip else 1
+        attach_clip_pseudo_labels(loss_fn, cfg, splits.train, views, device)
     optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=cfg.lr)
-    loaders = make_loaders(cfg, splits, model)
+    loaders = make_loaders(cfg, splits, model, flip_views=uses_clip)
     if cfg.eval_only:
         return evaluate_checkpoint(cfg, model, loaders)
 

@@ -1,0 +1,143 @@
+"""Frozen-CLIP similarities of every training image to every class, computed once and cached on disk.
+
+The reference (VLPL) runs the frozen CLIP image tower on every batch of every
+epoch, on ImageNet-normalised pixels. CLIP is frozen, so its output for an image
+never changes: here each training image is scored once (and its mirror image
+too when the train transform flips), with CLIP's own size and normalisation,
+and the result is kept in
+
+    <data-dir>/clip_scores/<dataset>_<clip model>_<key>.npy    (V*N, C) float32 cosines
+    <data-dir>/clip_scores/<dataset>_<clip model>_<key>.json   what the key was made of
+
+Row v*N + i is the view v (0: as stored, 1: mirrored) of training image i. The
+key hashes the dataset, the CLIP model (name/config, weights file), the text side
+(class prompts, or the bytes of `--text-features`), the image list and the views,
+so any change recomputes and a later run with the same inputs reuses the file
+without even loading CLIP. Temperature, threshold and partial act on these
+cosines later (`vlpl.pseudo_labels`), so changing them reuses the cache too.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from clip_models import ClipSpec, clip_preprocess, create_clip, tokenizer
+from errors import UserError
+from instrumentation import write_json_atomic
+from npy_io import load_npy, save_npy_atomic
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the scoring itself changes
+DEFAULT_PROMPT = "a photo of a {}."
+
+
+def load_text_features(path: Path, num_classes: int) -> np.ndarray:
+    """A (C, D) float array of class text embeddings (VLPL's shipped `*text_feature.npy` format), L2-normalised."""
+    feats = load_npy(path, "pass a (num_classes, embed_dim) .npy array of CLIP text embeddings")
+    if feats.ndim != 2 or feats.shape[0] != num_classes or feats.dtype.kind != "f":
+        raise UserError(f"--text-features {path} holds a {feats.dtype} array of shape {feats.shape}; "
+                        f"expected floats of shape ({num_classes}, embed_dim), one row per class")
+    if not np.isfinite(feats).all():
+        raise UserError(f"--text-features {path} holds NaN or infinite values")
+    norms = np.linalg.norm(feats, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise UserError(f"--text-features {path} has an all-zero row (class {int(np.argmin(norms))})")
+    if not np.allclose(norms, 1.0, atol=1e-3):
+        log.warning(f"--text-features {path}: rows are not unit-length; normalising them (cosine similarity)")
+    return (feats / norms).astype(np.float32)
+
+
+@torch.no_grad()
+def encode_prompts(model: torch.nn.Module, spec: ClipSpec, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """(C, D) unit-length text embeddings of `prompts` from the CLIP text tower."""
+    tokens = tokenizer(spec)(prompts).to(device)
+    return torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: np.ndarray, transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        try:
+            with Image.open(self.paths[index]) as img:
+                return self.transform(img.convert("RGB"))
+        except OSError as err:
+            raise UserError(f"cannot read image {self.paths[index]}: {err}") from err
+
+
+@torch.no_grad()
+def score_images(model: torch.nn.Module, paths: np.ndarray, text: torch.Tensor, views: int, device: torch.device,
+                 batch_size: int = 32, num_workers: int = 0) -> np.ndarray:
+    """(views*N, C) cosines between CLIP image embeddings and `text`; view 1 is the mirrored image."""
+    # A square resize (not CLIP's crop), so CLIP sees the whole image the trained backbone sees.
+    transform = clip_preprocess(model).transform(train=False, hflip=False)
+    loader = DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers)
+    text = text.to(device)
+    out = [[] for _ in range(views)]
+    for images in tqdm(loader, desc="CLIP scores of the train set", disable=None):
+        images = images.to(device)
+        for view in range(views):
+            # Mirroring the resized tensor equals resizing the mirrored image: the resize grid is symmetric.
+            batch = images.flip(-1) if view else images
+            emb = torch.nn.functional.normalize(model.encode_image(batch).float(), dim=-1)
+            out[view].append((emb @ text.T).cpu())
+    return torch.cat([torch.cat(chunks) for chunks in out]).numpy().astype(np.float32)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def train_similarities(dataset: str, data_dir: Path, image_paths: np.ndarray, class_names: list[str], spec: ClipSpec,
+                       views: int, device: torch.device, text_features: Path | None = None,
+                       prompt: str = DEFAULT_PROMPT, num_workers: int = 0) -> np.ndarray:
+    """(views*N, C) CLIP cosines of the training images, from the cache or computed once and cached."""
+    if text_features is not None:
+        text_np = load_text_features(text_features, len(class_names))
+        text_key = {"text_features": _sha(text_np.tobytes())}
+    else:
+        if "{}" not in prompt:
+            raise UserError(f"--prompt-template {prompt!r} must contain {{}} where the class name goes")
+        prompts = [prompt.format(name) for name in class_names]
+        text_key = {"prompts": prompts}
+    key_fields = {"version": CACHE_VERSION, "dataset": dataset, "clip": spec.identity(), **text_key, "views": views,
+                  "images": _sha("\n".join(map(str, image_paths)).encode()), "num_images": len(image_paths)}
+    key = _sha(json.dumps(key_fields, sort_keys=True).encode())[:16]
+    cache = data_dir / "clip_scores" / f"{dataset}_{spec.name}_{key}.npy"
+    if cache.is_file():
+        scores = load_npy(cache, "")
+        if scores.shape == (views * len(image_paths), len(class_names)):
+            log.info(f"CLIP scores: reusing {cache}")
+            return scores
+        log.warning(f"CLIP scores: {cache} has shape {scores.shape}, expected "
+                    f"{(views * len(image_paths), len(class_names))}; recomputing it")
+
+    model = create_clip(spec).to(device)
+    log.info(f"CLIP scores: scoring {len(image_paths)} training images x {views} view(s) with {spec.name} "
+             f"(once; cached in {cache})")
+    if text_features is not None:
+        text = torch.from_numpy(text_np)
+        dim = model.visual.output_dim
+        if text.shape[1] != dim:
+            raise UserError(f"--text-features {text_features} has {text.shape[1]}-d rows but {spec.name} "
+                            f"embeds images in {dim}-d; use text features of the same CLIP model")
+    else:
+        text = encode_prompts(model, spec, prompts, device)
+    scores = score_images(model, image_paths, text, views, device, num_workers=num_workers)
+    del model
+    save_npy_atomic(cache, scores)
+    write_json_atomic(cache.with_suffix(".json"), key_fields)
+    return scores
