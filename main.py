@@ -68,7 +68,8 @@ def run(cfg: Config) -> dict:
     device = torch.device(cfg.device)
     model = MultiLabelModel(create_backbone(cfg.model, cfg.pretrained), splits.num_classes).to(device)
     loss_fn = create_loss(cfg.loss, cfg.hyper, len(splits.train.images), splits.num_classes).to(device)
-    optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=cfg.lr)
+    loss_fn.attach_train_labels(torch.from_numpy(splits.train.labels))
+    optimizer = torch.optim.Adam([{"params": model.parameters()}, *loss_fn.param_groups(cfg.lr)], lr=cfg.lr)
     loaders = make_loaders(cfg, splits, model)
 
     run_log = RunLog(cfg.out, cfg.to_dict())
