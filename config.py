@@ -15,7 +15,11 @@ from pathlib import Path
 from errors import UserError
 from losses import LOSSES, LossHyper
 from models import BACKBONES
+from modes import TRAIN_MODES
 from presets import DATA_ROOT, PRESETS, REPO_ROOT
+from search import DEFAULT_BSIZES, DEFAULT_LRS
+
+LINEAR_EPOCHS = 25  # Cole et al.'s epochs for the linear modes
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,11 @@ class Config:
     image_root: Path
     out: Path
     hyper: LossHyper
+    train_mode: str = "end_to_end"  # modes.TRAIN_MODES
+    linear_epochs: int = 25  # linear phase of linear_init
+    search: bool = False
+    search_lrs: tuple[float, ...] = DEFAULT_LRS
+    search_bsizes: tuple[int, ...] = DEFAULT_BSIZES
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
@@ -90,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset>)")
     p.add_argument("--image-root", type=Path, help="image folder (default: the dataset's, inside --data-dir)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<dataset>_<loss>_s<seed>_<time>); never overwritten")
+    p.add_argument("--train-mode", choices=TRAIN_MODES, default="end_to_end",
+                   help="end_to_end; linear_fixed_features: a linear layer on the features cached by "
+                        "preproc/extract_features.py (default --epochs 25); linear_init: that linear phase "
+                        "(--linear-epochs), then end-to-end fine-tuning (--epochs) (default: end_to_end)")
+    p.add_argument("--linear-epochs", type=_positive(int), default=LINEAR_EPOCHS,
+                   help=f"epochs of linear_init's linear phase (default: {LINEAR_EPOCHS})")
+    p.add_argument("--search", action="store_true",
+                   help="run the lr x batch-size grid, one run folder each under --out, select by val mAP")
+    p.add_argument("--search-lrs", type=_positive(float), nargs="+", default=list(DEFAULT_LRS),
+                   help=f"learning rates of --search (default: {' '.join(f'{v:g}' for v in DEFAULT_LRS)})")
+    p.add_argument("--search-bsizes", type=_positive(int), nargs="+", default=list(DEFAULT_BSIZES),
+                   help=f"batch sizes of --search (default: {' '.join(map(str, DEFAULT_BSIZES))})")
     hp = p.add_argument_group("loss hyperparameters (defaults: per dataset, SPEC §3)")
     hp.add_argument("--alpha", type=float, help="EM weight of the unknown-label entropy")
     hp.add_argument("--beta", type=float, help="APL weight of the soft pseudo-negatives")
@@ -122,7 +143,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     preset = PRESETS[args.dataset]
     pick = lambda value, default: default if value is None else value  # noqa: E731
     data_dir = args.data_dir or DATA_ROOT / args.dataset
-    epochs = pick(args.epochs, preset.epochs)
+    linear = args.train_mode == "linear_fixed_features"
+    epochs = pick(args.epochs, LINEAR_EPOCHS if linear else preset.epochs)
+    if args.search and (args.lr is not None or args.bsize is not None):
+        raise UserError("--search sets --lr and --bsize itself; give the grids with --search-lrs / --search-bsizes")
     out = args.out or REPO_ROOT / "runs" / f"{args.dataset}_{args.loss}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     if not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
@@ -151,4 +175,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
             expected_pos=pick(args.expected_pos, preset.expected_pos),
             epochs=epochs,
         ),
+        train_mode=args.train_mode,
+        linear_epochs=args.linear_epochs,
+        search=args.search,
+        search_lrs=tuple(args.search_lrs),
+        search_bsizes=tuple(args.search_bsizes),
     )

@@ -3,13 +3,16 @@
     python main.py -d coco -l EM_APL -g 0 -s 1
     python main.py              # the embedded digits dataset, prepared on first use
 
-Wires the pieces: config -> data -> backbone -> loss -> loop (engine.fit).
+Wires the pieces: config -> data -> backbone -> loss -> loop (engine.fit); the linear
+training modes live in modes.py, the hyperparameter grid in search.py.
 """
 from __future__ import annotations
 
 import logging
 import random
 import sys
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,11 +20,11 @@ from torch.utils.data import DataLoader
 
 from config import Config, parse_args
 from datasets import DatasetSplits, ImageDataset, load_splits
-from engine import fit
 from errors import UserError
-from instrumentation import RunLog
-from losses import LOSSES, create_loss
+from losses import LOSSES, SPMLLoss, create_loss
 from models import MultiLabelModel, create_backbone
+from modes import run_linear_mode, train_and_record
+from search import run_search
 
 log = logging.getLogger("spml")
 
@@ -58,32 +61,35 @@ def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel) -> 
 
 
 def run(cfg: Config) -> dict:
+    """One run, or with --search one run per grid point (search.py)."""
+    if cfg.search:
+        return run_search(cfg, run_once)
+    return run_once(cfg)
+
+
+def run_once(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     if cfg.dataset == "digits":
         prepare_digits(cfg)
+    if cfg.train_mode != "end_to_end":
+        return run_linear_mode(cfg, train_end_to_end)
+    return train_end_to_end(cfg, cfg.out)
+
+
+def train_end_to_end(cfg: Config, out: Path, init: Callable[[MultiLabelModel, SPMLLoss], None] | None = None) -> dict:
+    """Backbone + classifier on images; `init` may load weights and loss state first (linear_init)."""
     label_view = LOSSES[cfg.loss].label_view
     splits = load_splits(cfg.data_dir, cfg.dataset, cfg.image_root, label_view, cfg.val_set_variant)
     device = torch.device(cfg.device)
     model = MultiLabelModel(create_backbone(cfg.model, cfg.pretrained), splits.num_classes).to(device)
     loss_fn = create_loss(cfg.loss, cfg.hyper, len(splits.train.images), splits.num_classes).to(device)
     loss_fn.attach_train_labels(torch.from_numpy(splits.train.labels))
-    optimizer = torch.optim.Adam([{"params": model.parameters()}, *loss_fn.param_groups(cfg.lr)], lr=cfg.lr)
+    if init is not None:
+        init(model, loss_fn)
     loaders = make_loaders(cfg, splits, model)
-
-    run_log = RunLog(cfg.out, cfg.to_dict())
-    try:
-        log.info(f"config: {cfg.to_dict()}")
-        log.info(f"{cfg.dataset}: {len(splits.train.images)} train / {len(splits.val.images)} val / "
-                 f"{len(splits.test.images)} test images, {splits.num_classes} classes; device {device}")
-        state = fit(model, loss_fn, optimizer, loaders, device, cfg.epochs, cfg.patience, cfg.threshold, run_log)
-        run_log.write_results(state.summary(), "completed")
-        log.info(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, test mAP {state.best_test_map:.2f} "
-                 f"-> {cfg.out / 'results.json'}")
-        return state.summary()
-    finally:
-        run_log.close()
+    return train_and_record(cfg, out, model, loss_fn, loaders, cfg.epochs).summary()
 
 
 def main(argv: list[str] | None = None) -> int:
