@@ -52,17 +52,20 @@ def loss_em_apl(logits: torch.Tensor, targets: torch.Tensor, soft_targets: torch
 def select_pseudo_negatives(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Per class c, mark the `counts[c]` lowest `scores[:, c]` among `candidates[:, c]`.
 
-    One column-wise sort of the whole (N, C) matrix; ties keep the lower row first.
+    One partial sort (top-k smallest, k = the largest count) of the class-major
+    matrix for all classes at once; exact ties may be broken either way.
     Returns a bool (N, C) mask of the selected entries.
     """
-    masked = torch.where(candidates, scores, torch.full_like(scores, float("inf")))
-    order = torch.sort(masked, dim=0, stable=True).indices
-    available = candidates.sum(dim=0)
-    take = torch.minimum(counts.to(available.dtype), available)
-    ranks = torch.arange(scores.shape[0], device=scores.device).unsqueeze(1)
-    chosen = torch.zeros_like(candidates)
-    chosen.scatter_(0, order, ranks < take.unsqueeze(0))
-    return chosen
+    take = torch.minimum(counts.to(scores.device), candidates.sum(dim=0))
+    k = int(take.max()) if take.numel() else 0
+    chosen = torch.zeros(candidates.shape[::-1], dtype=torch.bool, device=scores.device)  # (C, N)
+    if k == 0:
+        return chosen.T
+    # non-candidates score +inf, so they come after every candidate and `take` never reaches them
+    masked = torch.where(candidates, scores, torch.full_like(scores, float("inf"))).T.contiguous()
+    lowest = torch.topk(masked, k, dim=1, largest=False, sorted=True).indices
+    chosen.scatter_(1, lowest, torch.arange(k, device=scores.device).unsqueeze(0) < take.unsqueeze(1))
+    return chosen.T
 
 
 class EmAplLoss(SPMLLoss):

@@ -199,3 +199,14 @@ def test_full_label_losses_refuse_observed_only_data():
 def test_iun_help_says_it_reads_true_negatives():
     assert "TRUE NEGATIVES" in LOSSES["iun"].help and LOSSES["iun"].label_view == "true_negatives"
     assert LOSSES["bce"].label_view == LOSSES["bce_ls"].label_view == "full"
+
+
+def test_apl_selection_matches_a_per_class_argsort():
+    gen = torch.Generator().manual_seed(3)
+    scores, candidates = torch.rand(50, 4, generator=gen), torch.rand(50, 4, generator=gen) > 0.3
+    counts = torch.tensor([0, 5, 12, 50])
+    chosen = select_pseudo_negatives(scores, candidates, counts)
+    for c in range(4):
+        rows = candidates[:, c].nonzero().flatten()
+        lowest = rows[scores[rows, c].argsort()][: counts[c]]
+        assert set(chosen[:, c].nonzero().flatten().tolist()) == set(lowest.tolist())
