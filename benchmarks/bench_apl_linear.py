@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import train_one_epoch  # noqa: E402
 from losses import LossHyper, create_loss  # noqa: E402
-from modes import FeatureDataset, _batches  # noqa: E402
+from modes import FeatureDataset, _batches, single_thread_on_cpu  # noqa: E402
 from pseudo_negatives import select_pseudo_negatives  # noqa: E402
 
 
@@ -50,7 +50,8 @@ def bench_linear_epoch(rows: int, classes: int, dim: int, bsize: int) -> tuple[f
     loss_fn.attach_train_labels(torch.from_numpy(labels))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     start = time.perf_counter()
-    train_one_epoch(model, loader, loss_fn, optimizer, torch.device("cpu"), 1)
+    with single_thread_on_cpu(torch.device("cpu")):  # as modes.run_linear_mode trains
+        train_one_epoch(model, loader, loss_fn, optimizer, torch.device("cpu"), 1)
     return time.perf_counter() - start, len(loader)
 
 
