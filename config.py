@@ -18,8 +18,12 @@ from clip_scores import DEFAULT_PROMPT
 from errors import UserError
 from losses import LOSSES, LossHyper
 from models import BACKBONES
+from modes import TRAIN_MODES
 from presets import DATA_ROOT, PRESETS, REPO_ROOT
 from vlpl import check_vlpl_settings
+from search import DEFAULT_BSIZES, DEFAULT_LRS
+
+LINEAR_EPOCHS = 25  # Cole et al.'s epochs for the linear modes
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,11 @@ class Config:
     clip_weights: Path | None = None
     text_features: Path | None = None  # (C, D) class embeddings instead of the text tower
     prompt_template: str = DEFAULT_PROMPT
+    train_mode: str = "end_to_end"  # modes.TRAIN_MODES
+    linear_epochs: int = 25  # linear phase of linear_init
+    search: bool = False
+    search_lrs: tuple[float, ...] = DEFAULT_LRS
+    search_bsizes: tuple[int, ...] = DEFAULT_BSIZES
     deterministic: bool = False  # PyTorch's deterministic algorithms (GPU runs; CPU runs are already)
     skip_bad_images: bool = False  # skip unreadable training images (counted in results.json)
     # How this process was started, not what the run is: left out of config.json.
@@ -66,6 +75,7 @@ class Config:
         if unknown := sorted(set(saved) - names):
             raise UserError(f"{source} has unknown settings {', '.join(unknown)}: it was written by another version of spml")
         values = {k: Path(v) if k in _PATH_FIELDS and v is not None else v for k, v in saved.items()}
+        values.update({k: tuple(saved[k]) for k in ("search_lrs", "search_bsizes") if k in saved})  # JSON lists
         values["hyper"] = LossHyper(**saved["hyper"])
         return cls(**{**values, **changes})
 
@@ -135,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a killed run from its last completed epoch, with its saved configuration")
     p.add_argument("--eval-only", type=Path, metavar="CHECKPOINT",
                    help="score a checkpoint (last.pt or best.pt) on val and test; writes eval_<name>.json beside it")
+    p.add_argument("--train-mode", choices=TRAIN_MODES, default="end_to_end",
+                   help="end_to_end; linear_fixed_features: a linear layer on the features cached by "
+                        "preproc/extract_features.py (default --epochs 25); linear_init: that linear phase "
+                        "(--linear-epochs), then end-to-end fine-tuning (--epochs) (default: end_to_end)")
+    p.add_argument("--linear-epochs", type=_positive(int), default=LINEAR_EPOCHS,
+                   help=f"epochs of linear_init's linear phase (default: {LINEAR_EPOCHS})")
+    p.add_argument("--search", action="store_true",
+                   help="run the lr x batch-size grid, one run folder each under --out, select by val mAP")
+    p.add_argument("--search-lrs", type=_positive(float), nargs="+", default=list(DEFAULT_LRS),
+                   help=f"learning rates of --search (default: {' '.join(f'{v:g}' for v in DEFAULT_LRS)})")
+    p.add_argument("--search-bsizes", type=_positive(int), nargs="+", default=list(DEFAULT_BSIZES),
+                   help=f"batch sizes of --search (default: {' '.join(map(str, DEFAULT_BSIZES))})")
     hp = p.add_argument_group("loss hyperparameters (defaults: per dataset, SPEC §3)")
     hp.add_argument("--alpha", type=float, help="EM weight of the unknown-label entropy")
     hp.add_argument("--beta", type=float, help="APL weight of the soft pseudo-negatives")
@@ -228,7 +250,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     pick = lambda value, default: default if value is None else value  # noqa: E731
     loss_defaults = LOSSES[args.loss].defaults(preset)  # the method's own settings (VLPL), below the flags
     data_dir = args.data_dir or DATA_ROOT / args.dataset
-    epochs = pick(args.epochs, preset.epochs)
+    linear = args.train_mode == "linear_fixed_features"
+    epochs = pick(args.epochs, LINEAR_EPOCHS if linear else preset.epochs)
+    if args.search and (args.lr is not None or args.bsize is not None):
+        raise UserError("--search sets --lr and --bsize itself; give the grids with --search-lrs / --search-bsizes")
     out = args.out or REPO_ROOT / "runs" / f"{args.dataset}_{args.loss}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     if not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
@@ -272,6 +297,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         clip_weights=args.clip_weights,
         text_features=args.text_features,
         prompt_template=args.prompt_template,
+        train_mode=args.train_mode,
+        linear_epochs=args.linear_epochs,
+        search=args.search,
+        search_lrs=tuple(args.search_lrs),
+        search_bsizes=tuple(args.search_bsizes),
     )
     check_vlpl_settings(cfg.hyper)
     return cfg

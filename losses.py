@@ -81,6 +81,51 @@ def loss_em(logits: torch.Tensor, targets: torch.Tensor, alpha: float) -> Terms:
     return {"main": reduce(_masked(targets, neg_log(p), -alpha * entropy(p), neg_log(1 - p)))}
 
 
+def smoothed(p: torch.Tensor, positive: bool, ls_coef: float) -> torch.Tensor:
+    """Label-smoothed log loss toward one target: (1 - eps)(-log q) + eps(-log(1 - q))."""
+    hit, miss = (p, 1 - p) if positive else (1 - p, p)
+    return (1.0 - ls_coef) * neg_log(hit) + ls_coef * neg_log(miss)
+
+
+def loss_ls(logits: torch.Tensor, targets: torch.Tensor, ls_coef: float) -> Terms:
+    """AN with label smoothing (Cole et al.); with the `full` view it is `bce_ls`."""
+    p = torch.sigmoid(logits)
+    neg = smoothed(p, False, ls_coef)
+    return {"main": reduce(_masked(targets, smoothed(p, True, ls_coef), neg, neg))}
+
+
+def loss_wan(logits: torch.Tensor, targets: torch.Tensor) -> Terms:
+    """Weighted AN (Cole et al.): the assumed-negative term is divided by C - 1."""
+    p = torch.sigmoid(logits)
+    neg = neg_log(1 - p)
+    return {"main": reduce(_masked(targets, neg_log(p), neg / (logits.shape[1] - 1), neg))}
+
+
+def loss_pr(logits: torch.Tensor, targets: torch.Tensor) -> Terms:
+    """Positive ranking (Cole et al.): each observed positive i of an image pays
+    sum over its unknown labels j of max(0, 1 - p_i + p_j); observed negatives -log(1 - p).
+
+    Vectorised over a (B, C, C) margin tensor instead of the reference's double loop.
+    """
+    p = torch.sigmoid(logits)
+    margins = torch.clamp(1.0 - p.unsqueeze(2) + p.unsqueeze(1), min=0)  # [b, i, j]
+    ranking = (margins * (targets == 0).unsqueeze(1).to(p.dtype)).sum(dim=2)
+    return {"main": reduce(_masked(targets, ranking, torch.zeros_like(p), neg_log(1 - p)))}
+
+
+def expected_positive_reg(p: torch.Tensor, expected_pos: float) -> torch.Tensor:
+    """(mean over the batch of sum_c p_c - k)^2 / C^2 (Cole et al., the squared norm)."""
+    return (p.sum(dim=1).mean() - expected_pos) ** 2 / p.shape[1] ** 2
+
+
+def loss_epr(logits: torch.Tensor, targets: torch.Tensor, expected_pos: float) -> Terms:
+    """Expected positive regularisation (Cole et al.): positives -log p, plus the count regulariser."""
+    p = torch.sigmoid(logits)
+    zero = torch.zeros_like(p)
+    return {"main": reduce(_masked(targets, neg_log(p), zero, neg_log(1 - p))),
+            "reg": expected_positive_reg(p, expected_pos)}
+
+
 # --- the registry ---------------------------------------------------------------
 
 
@@ -109,6 +154,14 @@ class SPMLLoss(nn.Module):
     """What the training loop sees of a loss."""
 
     label_view = "observed"
+
+    def attach_train_labels(self, targets: torch.Tensor) -> None:
+        """Called once before training with the (N_train, C) training targets, row = example index."""
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser groups of the loss's own parameters (none for most losses)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr}] if params else []
 
     def start_epoch(self, epoch: int, score_train: Callable[[], torch.Tensor]) -> None:
         """Called before each epoch (1-based); `score_train()` scores the train set in eval mode."""
@@ -158,8 +211,22 @@ def create_loss(name: str, hp: LossHyper, num_examples: int, num_classes: int) -
 
 
 register_stateless("bce", loss_iu, "full-label BCE (oracle: trains on the full labels)", label_view="full")
+register_stateless("bce_ls", loss_ls, "full-label BCE with label smoothing --ls-coef (oracle: trains on the full labels)",
+                   label_view="full", hparams=("ls_coef",))
+register_stateless("iun", loss_iu, "ignore unknown, but READS THE TRUE NEGATIVES on purpose (oracle, Cole et al.)",
+                   label_view="true_negatives")
+register_stateless("iu", loss_iu, "ignore unknown: observed positives and observed negatives only "
+                   "(with --num-neg 0 only the positives train)")
+register_stateless("pr", loss_pr, "positive ranking hinge, positives above unknowns (Cole et al.)")
 register_stateless("an", loss_an, "assume negative (Cole et al.)")
+register_stateless("an_ls", loss_ls, "assume negative with label smoothing --ls-coef (Cole et al.)", hparams=("ls_coef",))
+register_stateless("wan", loss_wan, "weighted assume negative, unknown term / (C - 1) (Cole et al.)")
+register_stateless("epr", loss_epr, "positives + expected-positive-count regulariser --expected-pos (Cole et al.)",
+                   hparams=("expected_pos",))
 register_stateless("EM", loss_em, "entropy maximisation on unknown labels (Zhou et al.)", hparams=("alpha",))
 
-
-import vlpl  # noqa: E402,F401  (registers EM_PL and EM_PL_ASL; it imports this module)
+# The stateful losses live in their own modules and register themselves here;
+# importing them last makes every CLI choice visible to whoever imports `LOSSES`.
+import loss_role  # noqa: E402,F401
+import pseudo_negatives  # noqa: E402,F401
+import vlpl  # noqa: E402,F401  (EM_PL and EM_PL_ASL)

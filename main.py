@@ -3,31 +3,37 @@
     python main.py -d coco -l EM_APL -g 0 -s 1
     python main.py              # the embedded digits dataset, prepared on first use
 
-Wires the pieces: config -> data -> backbone -> loss -> loop (engine.fit).
+Wires the pieces: config -> data -> backbone -> loss -> one training phase
+(trainer.train_and_record); the linear training modes live in modes.py, the
+hyperparameter grid in search.py.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import sys
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from checkpoint import load_checkpoint
 from clip_models import ClipSpec
 from config import Config, parse_args
 from dataset_provenance import dataset_variant
 from datasets import DatasetSplits, ImageDataset, collate_skipping, load_splits
-from engine import NonFiniteLoss, TrainState, evaluate, fit
+from engine import evaluate
 from errors import UserError
-from instrumentation import RunLog, write_json_atomic
-from losses import LOSSES, create_loss
+from instrumentation import write_json_atomic
+from losses import LOSSES, SPMLLoss, create_loss
 from models import MultiLabelModel, create_backbone
+from modes import run_linear_mode
 from presets import PRESETS
+from search import run_search
+from trainer import train_and_record
 from vlpl import VLPLLoss, attach_clip_pseudo_labels
 
 log = logging.getLogger("spml")
@@ -80,33 +86,6 @@ def _set_determinism(cfg: Config) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _train_state(cfg: Config, ckpt: dict | None) -> TrainState:
-    """A fresh state, or the one saved in last.pt with the best weights read back from best.pt."""
-    if ckpt is None:
-        return TrainState()
-    state = TrainState(**ckpt["train_state"])
-    if state.best_epoch and (cfg.out / BEST).is_file():
-        best = load_checkpoint(cfg.out / BEST)
-        # best.pt is written before last.pt: a newer best.pt belongs to an epoch that will be re-run
-        if best["train_state"]["best_epoch"] == state.best_epoch:
-            state.best_weights = best["model"]
-    return state
-
-
-def _checkpoint_of(cfg: Config) -> dict | None:
-    if not cfg.resume:
-        return None
-    results = cfg.out / "results.json"
-    if results.is_file() and json.loads(results.read_text()).get("status") == "completed":
-        raise UserError(f"--resume {cfg.out}: that run has completed; nothing to resume")
-    if not (cfg.out / LAST).is_file():
-        raise UserError(f"--resume {cfg.out}: no {LAST} there (killed before its first epoch ended?); start the run again")
-    ckpt = load_checkpoint(cfg.out / LAST)
-    if ckpt["config"] != cfg.to_dict() | {k: ckpt["config"].get(k) for k in ("device", "num_workers", "out")}:
-        raise UserError(f"{cfg.out / LAST} was written with another configuration than {cfg.out / 'config.json'}")
-    return ckpt
-
-
 def evaluate_checkpoint(cfg: Config, model: MultiLabelModel, loaders: dict[str, DataLoader]) -> dict:
     """--eval-only: val and test metrics of a checkpoint's weights, written beside it."""
     ckpt = load_checkpoint(cfg.eval_only)
@@ -122,68 +101,49 @@ def evaluate_checkpoint(cfg: Config, model: MultiLabelModel, loaders: dict[str, 
 
 
 def run(cfg: Config) -> dict:
+    """One run, or with --search one run per grid point (search.py)."""
+    if cfg.resume and (cfg.search or cfg.train_mode != "end_to_end"):
+        raise UserError(f"--resume continues end-to-end runs; {cfg.out} is a {cfg.train_mode}"
+                        f"{' search' if cfg.search else ''} run: start it again")
+    if cfg.search:
+        return run_search(cfg, run_once)
+    return run_once(cfg)
+
+
+def run_once(cfg: Config) -> dict:
     _set_determinism(cfg)
     if cfg.dataset == "digits":
         prepare_digits(cfg)
+    if cfg.train_mode != "end_to_end":
+        return run_linear_mode(cfg, train_end_to_end)
+    return train_end_to_end(cfg, cfg.out)
+
+
+def train_end_to_end(cfg: Config, out: Path, init: Callable[[MultiLabelModel, SPMLLoss], None] | None = None) -> dict:
+    """Backbone + classifier on images; `init` may load weights and loss state first (linear_init)."""
     label_view = LOSSES[cfg.loss].label_view
     splits = load_splits(cfg.data_dir, cfg.dataset, cfg.image_root, label_view, cfg.val_set_variant)
     device = torch.device(cfg.device)
     backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights, ClipSpec(cfg.clip_model, cfg.clip_weights))
     model = MultiLabelModel(backbone, splits.num_classes).to(device)
+    if cfg.eval_only:
+        return evaluate_checkpoint(cfg, model, make_loaders(cfg, splits, model))
     loss_fn = create_loss(cfg.loss, cfg.hyper, len(splits.train.images), splits.num_classes).to(device)
+    loss_fn.attach_train_labels(torch.from_numpy(splits.train.labels))
     uses_clip = isinstance(loss_fn, VLPLLoss)
     if uses_clip:  # frozen-CLIP pseudo-labels: scored once (cached), before the first step
         views = 2 if PRESETS[cfg.dataset].hflip else 1
         attach_clip_pseudo_labels(loss_fn, cfg, splits.train, views, device)
-    optimizer = torch.optim.Adam([*model.parameters(), *loss_fn.parameters()], lr=cfg.lr)
+    if init is not None:
+        init(model, loss_fn)
     loaders = make_loaders(cfg, splits, model, flip_views=uses_clip)
-    if cfg.eval_only:
-        return evaluate_checkpoint(cfg, model, loaders)
-
-    ckpt = _checkpoint_of(cfg)
-    state = _train_state(cfg, ckpt)
-    run_log = RunLog(cfg.out, cfg.to_dict(), ckpt["epochs"] if ckpt else None)
-    run_log.info["image_size"] = model.preprocess.size
-    # NUS-WIDE's two variants give different numbers: every result names the one it used
-    run_log.info["dataset_variant"] = dataset_variant(
-        cfg.dataset, cfg.data_dir, len(splits.train.images) + len(splits.val.images), len(splits.test.images))
-    train_gen = loaders["train"].generator
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        loss_fn.load_state_dict(ckpt["loss_state"])
-        restore_rng_state(ckpt["rng"], train_gen)  # last: model building above drew from the RNGs
-
-    def save_checkpoints(state: TrainState, improved: bool) -> None:
-        meta = {"train_state": {k: v for k, v in vars(state).items() if k != "best_weights"}, "config": cfg.to_dict()}
-        if improved:  # before last.pt: if killed in between, the resumed run redoes this epoch and best.pt
-            save_checkpoint(cfg.out / BEST, {"model": model.state_dict(), **meta})
-        save_checkpoint(cfg.out / LAST, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "loss_state": loss_fn.state_dict(), "epochs": run_log.epochs,
-                                         "rng": rng_state(train_gen), **meta})
-
-    try:
-        log.info(f"config: {cfg.to_dict()}")
-        log.info(f"{cfg.dataset}: {len(splits.train.images)} train / {len(splits.val.images)} val / "
-                 f"{len(splits.test.images)} test images, {splits.num_classes} classes; device {device}")
-        if ckpt is not None:
-            log.info(f"resuming {cfg.out} after epoch {state.epoch}")
-        try:
-            state = fit(model, loss_fn, optimizer, loaders, device, cfg.epochs, cfg.patience, cfg.threshold, run_log,
-                        state=state, on_epoch_end=save_checkpoints)
-        except (NonFiniteLoss, KeyboardInterrupt) as err:
-            # Nothing of the unfinished epoch is kept: last.pt and best.pt stay as the last completed epoch left them.
-            reason = str(err) if isinstance(err, NonFiniteLoss) else "interrupted by the user (Ctrl-C)"
-            run_log.write_results(state.summary(), "interrupted", reason=reason, last_completed_epoch=state.epoch)
-            log.error(f"stopped during epoch {state.epoch + 1}: {LAST} and results.json (marked interrupted) hold "
-                      f"epoch {state.epoch}; `python main.py --resume {cfg.out}` continues from there")
-            raise
-        run_log.write_results(state.summary(), "completed")
-        log.info(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, test mAP {state.best_test_map:.2f} "
-                 f"-> {cfg.out / 'results.json'}")
-        return state.summary()
-    finally:
-        run_log.close()
+    info = {
+        "image_size": model.preprocess.size,
+        # NUS-WIDE's two variants give different numbers: every result names the one it used
+        "dataset_variant": dataset_variant(cfg.dataset, cfg.data_dir, len(splits.train.images) + len(splits.val.images),
+                                           len(splits.test.images)),
+    }
+    return train_and_record(cfg, out, model, loss_fn, loaders, cfg.epochs, info).summary()
 
 
 def main(argv: list[str] | None = None) -> int:

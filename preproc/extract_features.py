@@ -1,0 +1,89 @@
+"""Extract a backbone's pooled features of every train and test image, once, for the linear modes.
+
+    python preproc/extract_features.py -d coco -m resnet50 [-g 0] [--bsize 64]
+
+Writes `train_features_<backbone>.npy` (official train: our train + val) and
+`val_features_<backbone>.npy` (official val: our test) beside the formatted files,
+in their row order, as float32, each atomically. Images are read at the
+backbone's eval preprocessing (no flip). A backbone with pretrained weights uses
+them; one without (digits_cnn) uses the fixed initialisation of
+`modes.FEATURE_SEED`, which `--train-mode linear_init` fine-tunes from.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets import ImageDataset, Split, load_split_files, resolve_images  # noqa: E402
+from errors import UserError  # noqa: E402
+from models import BACKBONES, Backbone  # noqa: E402
+from modes import create_feature_backbone, feature_path  # noqa: E402
+from npy_io import save_npy_atomic  # noqa: E402
+from presets import DATA_ROOT, PRESETS  # noqa: E402
+
+log = logging.getLogger("extract_features")
+
+
+@torch.no_grad()
+def extract(backbone: Backbone, image_paths: np.ndarray, device: torch.device, bsize: int, num_workers: int,
+            desc: str) -> np.ndarray:
+    """(N, D) float32 pooled features of `image_paths`, in order."""
+    backbone.features.to(device).eval()
+    dummy_labels = np.zeros((len(image_paths), 1), dtype=np.float32)  # ImageDataset yields labels; unused here
+    dataset = ImageDataset(Split(image_paths, dummy_labels), backbone.preprocess.transform(train=False, hflip=False))
+    loader = DataLoader(dataset, batch_size=bsize, shuffle=False, num_workers=num_workers)
+    chunks = [backbone.features(images.to(device)).float().cpu() for images, _, _ in tqdm(loader, desc=desc)]
+    return torch.cat(chunks).numpy()
+
+
+def extract_features(dataset: str, model: str, data_dir: Path, image_root: Path, device: str = "cpu",
+                     bsize: int = 64, num_workers: int = 0, pretrained: bool = True) -> list[Path]:
+    if model not in BACKBONES:
+        raise UserError(f"unknown model {model!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+    backbone = create_feature_backbone(model, pretrained and BACKBONES[model].has_pretrained)
+    written = []
+    for split in ("train", "val"):
+        names, _, _ = load_split_files(data_dir, split, dataset)
+        paths = resolve_images(names, image_root, data_dir / f"formatted_{split}_images.npy")
+        features = extract(backbone, paths, torch.device(device), bsize, num_workers, f"{split} features")
+        written.append(save_npy_atomic(feature_path(data_dir, split, model), features.astype(np.float32)))
+        log.info(f"{split}: {features.shape} -> {written[-1]}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-d", "--dataset", required=True, choices=sorted(PRESETS))
+    p.add_argument("-m", "--model", help="backbone (default: the dataset's)")
+    p.add_argument("-g", "--gpu", default="cpu", help="'cpu' or a GPU index (default: cpu)")
+    p.add_argument("--bsize", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--no-pretrained", action="store_true", help="random (FEATURE_SEED) weights instead of pretrained")
+    p.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset>)")
+    p.add_argument("--image-root", type=Path, help="image folder (default: the dataset's, inside --data-dir)")
+    args = p.parse_args(argv)
+    preset = PRESETS[args.dataset]
+    data_dir = args.data_dir or DATA_ROOT / args.dataset
+    device = "cpu" if args.gpu == "cpu" or not torch.cuda.is_available() else f"cuda:{args.gpu}"
+    try:
+        extract_features(args.dataset, args.model or preset.model, data_dir, args.image_root or data_dir / preset.image_root,
+                         device, args.bsize, args.num_workers, not args.no_pretrained)
+    except UserError as err:
+        log.error(f"error: {err}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

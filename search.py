@@ -1,0 +1,63 @@
+"""Cole et al.'s hyperparameter search: one run per (learning rate, batch size) of a grid.
+
+    python main.py -d pascal -l an --search                      # lr {1e-2..1e-5} x batch {8, 16}
+    python main.py -l EM --search --search-lrs 1e-3 1e-4 --search-bsizes 32
+
+Each grid point is a full run in `<out>/lr<lr>_bs<bsize>/` (kept). The run with the
+best val mAP is selected and its test mAP reported; `<out>/search.json` holds
+every row (rewritten after each run) and the log prints the table. A run whose
+loss diverges is recorded as such and the search goes on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Callable
+
+from engine import NonFiniteLoss
+from errors import UserError
+from instrumentation import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
+DEFAULT_BSIZES = (8, 16)
+
+
+def grid_table(rows: list[dict], best: dict | None) -> str:
+    lines = ["| lr | batch | best epoch | val mAP | test mAP | status |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        mark = " **best**" if row is best else ""
+        lines.append(f"| {row['lr']:g} | {row['bsize']} | {row['best_epoch']} | {row['best_val_map']:.2f} | "
+                     f"{row['test_map']:.2f} | {row['status']}{mark} |")
+    return "\n".join(lines)
+
+
+def run_search(cfg, run_once: Callable) -> dict:
+    """Run `run_once` on every grid point; returns the best row plus the whole grid."""
+    if cfg.out.exists() and any(cfg.out.iterdir()):
+        raise UserError(f"run folder {cfg.out} already exists and is not empty; pass a new --out")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for lr in cfg.search_lrs:
+        for bsize in cfg.search_bsizes:
+            point = dataclasses.replace(cfg, lr=lr, bsize=bsize, search=False, out=cfg.out / f"lr{lr:g}_bs{bsize}")
+            log.info(f"search: lr {lr:g}, batch {bsize} -> {point.out}")
+            try:
+                summary, status = run_once(point), "completed"
+            except NonFiniteLoss as err:
+                log.warning(f"search: lr {lr:g}, batch {bsize} diverged: {err}")
+                summary = {"best_epoch": 0, "best_val_map": math.nan, "test_map": math.nan}
+                status = "diverged"
+            rows.append({"lr": lr, "bsize": bsize, "status": status, "out": str(point.out), **summary})
+            write_json_atomic(cfg.out / "search.json", {"config": cfg.to_dict(), "rows": rows, "best": None})
+    finished = [row for row in rows if row["status"] == "completed"]
+    if not finished:
+        raise UserError(f"every run of the search diverged (see {cfg.out}); lower the learning rates of --search-lrs")
+    best = max(finished, key=lambda row: row["best_val_map"])
+    write_json_atomic(cfg.out / "search.json", {"config": cfg.to_dict(), "rows": rows, "best": best})
+    log.info("search results (selected by val mAP):\n" + grid_table(rows, best))
+    log.info(f"search: best lr {best['lr']:g}, batch {best['bsize']}: val mAP {best['best_val_map']:.2f}, "
+             f"test mAP {best['test_map']:.2f}")
+    return {**best, "grid": rows}

@@ -1,0 +1,135 @@
+"""Training modes (linear on cached features, linear_init), feature extraction and --search,
+end to end through `main([...])` on a tiny dataset folder built here (24x24 PNGs, 3 classes)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config import parse_args  # noqa: E402
+from errors import UserError  # noqa: E402
+from main import main  # noqa: E402
+from preproc.extract_features import extract_features  # noqa: E402
+
+NUM_TRAIN, NUM_TEST, C = 30, 10, 3
+FAST = ["-d", "digits", "-g", "cpu", "--num-workers", "0", "--bsize", "8"]
+
+
+def _write_split(root: Path, split: str, count: int, rng: np.random.RandomState, images: bool) -> None:
+    full = (rng.rand(count, C) < 0.4).astype(np.float32)
+    full[np.arange(count), rng.randint(0, C, count)] = 1  # >= 1 positive per row
+    obs = np.zeros_like(full)
+    for row in range(count):
+        obs[row, rng.choice(np.flatnonzero(full[row]))] = 1
+    names = np.array([f"{split}/{i:03d}.png" for i in range(count)])
+    np.save(root / f"formatted_{split}_images.npy", names)
+    np.save(root / f"formatted_{split}_labels.npy", full)
+    np.save(root / f"formatted_{split}_labels_obs.npy", obs)
+    if images:
+        (root / "images" / split).mkdir(parents=True)
+        for i, name in enumerate(names):
+            pixels = (rng.rand(24, 24, 3) * 255 * (0.5 + 0.5 * full[i, 0])).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "images" / name)
+
+
+@pytest.fixture()
+def tiny(tmp_path) -> Path:
+    root = tmp_path / "tiny"
+    root.mkdir()
+    rng = np.random.RandomState(0)
+    _write_split(root, "train", NUM_TRAIN, rng, images=True)
+    _write_split(root, "val", NUM_TEST, rng, images=True)
+    return root
+
+
+@pytest.fixture()
+def features_only(tmp_path) -> Path:
+    """A dataset folder with features and labels but no image at all."""
+    root = tmp_path / "feats"
+    root.mkdir()
+    rng = np.random.RandomState(1)
+    _write_split(root, "train", NUM_TRAIN, rng, images=False)
+    _write_split(root, "val", NUM_TEST, rng, images=False)
+    np.save(root / "train_features_digits_cnn.npy", rng.randn(NUM_TRAIN, 5).astype(np.float32))
+    np.save(root / "val_features_digits_cnn.npy", rng.randn(NUM_TEST, 5).astype(np.float32))
+    return root
+
+
+def _results(path: Path) -> dict:
+    return json.loads((path / "results.json").read_text())
+
+
+def test_linear_fixed_features_without_images(features_only, tmp_path):
+    out = tmp_path / "run"
+    code = main([*FAST, "--data-dir", str(features_only), "-l", "role", "--train-mode", "linear_fixed_features",
+                 "--epochs", "2", "--out", str(out)])
+    assert code == 0
+    results = _results(out)
+    assert results["status"] == "completed" and len(results["epochs"]) >= 1
+    assert np.isfinite(results["test_map"])
+
+
+def test_linear_mode_defaults_to_25_epochs():
+    assert parse_args(["--train-mode", "linear_fixed_features"]).epochs == 25
+    assert parse_args(["--train-mode", "linear_init"]).epochs == 10
+
+
+def test_missing_features_name_the_file_and_command(features_only, tmp_path, capsys):
+    (features_only / "val_features_digits_cnn.npy").unlink()
+    code = main([*FAST, "--data-dir", str(features_only), "--train-mode", "linear_fixed_features",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "val_features_digits_cnn.npy" in err and "preproc/extract_features.py -d digits -m digits_cnn" in err
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_feature_rows_must_match_label_rows(features_only, tmp_path, capsys):
+    np.save(features_only / "train_features_digits_cnn.npy", np.zeros((NUM_TRAIN - 1, 5), np.float32))
+    code = main([*FAST, "--data-dir", str(features_only), "--train-mode", "linear_fixed_features",
+                 "--out", str(tmp_path / "run")])
+    assert code == 2 and "label files have 30 rows" in capsys.readouterr().err
+
+
+def test_extract_then_linear_init(tiny, tmp_path):
+    written = extract_features("digits", "digits_cnn", tiny, tiny / "images", bsize=16, pretrained=False)
+    train = np.load(written[0])
+    assert train.shape == (NUM_TRAIN, 64) and train.dtype == np.float32
+    assert np.load(written[1]).shape == (NUM_TEST, 64)
+    out = tmp_path / "run"
+    code = main([*FAST, "--data-dir", str(tiny), "-l", "EM_APL", "--warmup-epochs", "1", "--train-mode", "linear_init",
+                 "--linear-epochs", "2", "--epochs", "2", "--patience", "0", "--out", str(out)])
+    assert code == 0
+    assert _results(out / "linear")["status"] == "completed"
+    assert _results(out / "fine_tune")["status"] == "completed"
+    top = _results(out)
+    assert top["linear_phase"]["best_epoch"] >= 1 and np.isfinite(top["test_map"])
+
+
+def test_search_grid_keeps_every_run_and_picks_best_val(features_only, tmp_path):
+    out = tmp_path / "search"
+    code = main([*FAST[:-2], "--data-dir", str(features_only), "-l", "an", "--train-mode", "linear_fixed_features",
+                 "--epochs", "1", "--search", "--search-lrs", "1e-2", "1e-3", "--search-bsizes", "4", "8", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "search.json").read_text())
+    assert len(report["rows"]) == 4
+    assert {Path(row["out"]).name for row in report["rows"]} == {"lr0.01_bs4", "lr0.01_bs8", "lr0.001_bs4", "lr0.001_bs8"}
+    assert all((Path(row["out"]) / "results.json").is_file() for row in report["rows"])
+    assert report["best"]["best_val_map"] == max(row["best_val_map"] for row in report["rows"])
+
+
+def test_search_refuses_a_fixed_lr():
+    with pytest.raises(UserError, match="--search-lrs"):
+        parse_args(["--search", "--lr", "1e-3"])
+
+
+def test_apl_warmup_past_the_run_is_a_user_error(features_only, tmp_path, capsys):
+    code = main([*FAST, "--data-dir", str(features_only), "-l", "EM_APL", "--train-mode", "linear_fixed_features",
+                 "--epochs", "2", "--warmup-epochs", "2", "--out", str(tmp_path / "run")])
+    assert code == 2 and "--warmup-epochs 2 must be below --epochs 2" in capsys.readouterr().err
