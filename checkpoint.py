@@ -14,14 +14,13 @@ arbitrary pickled objects; that is why NumPy's RNG state is stored as a tensor.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from atomic import write_atomic
 from errors import UserError
 
 FORMAT_VERSION = 1
@@ -30,17 +29,7 @@ LAST, BEST = "last.pt", "best.pt"
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     """`torch.save` through a temporary file + fsync + rename: the old file stays whole until the new one is."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"version": FORMAT_VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: never leave the temporary file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save({"version": FORMAT_VERSION, **payload}, f))
 
 
 def load_checkpoint(path: Path) -> dict:

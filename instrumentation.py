@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
+from atomic import write_text_atomic
 from errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    _write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 class RunLog:
@@ -55,7 +45,7 @@ class RunLog:
         self.epochs: list[dict] = list(resumed_epochs or [])
         if resumed_epochs is not None:
             lines = "".join(json.dumps(record) + "\n" for record in self.epochs)
-            _write_text_atomic(out / "metrics.jsonl", lines)
+            write_text_atomic(out / "metrics.jsonl", lines)
         self._handler = logging.FileHandler(out / "train.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger().addHandler(self._handler)

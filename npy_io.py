@@ -1,12 +1,11 @@
 """Safe `.npy` reading and atomic writing for the dataset files."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from atomic import write_atomic
 from errors import UserError
 
 
@@ -30,12 +29,5 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> Path:
     """Write `array` to `path` through a temporary file, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: np.save(f, array))
     return path

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +26,7 @@ import numpy as np
 from dataset_provenance import count_mismatch, write_variant
 from datasets import resolve_images
 from errors import UserError
+from atomic import write_text_atomic
 from npy_io import save_npy_atomic
 from presets import DATA_ROOT, PRESETS
 
@@ -53,15 +52,6 @@ def read_lines(path: Path, step: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_formatted(
