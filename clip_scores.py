@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from clip_models import ClipSpec, clip_preprocess, create_clip, tokenizer
+from datasets import ImageDataset, Split
 from errors import UserError
 from instrumentation import write_json_atomic
 from npy_io import load_npy, save_npy_atomic
@@ -63,31 +63,17 @@ def encode_prompts(model: torch.nn.Module, spec: ClipSpec, prompts: list[str], d
     return torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
 
 
-class _ImageFiles(Dataset):
-    def __init__(self, paths: np.ndarray, transform):
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        try:
-            with Image.open(self.paths[index]) as img:
-                return self.transform(img.convert("RGB"))
-        except OSError as err:
-            raise UserError(f"cannot read image {self.paths[index]}: {err}") from err
-
-
 @torch.no_grad()
 def score_images(model: torch.nn.Module, paths: np.ndarray, text: torch.Tensor, views: int, device: torch.device,
                  batch_size: int = 32, num_workers: int = 0) -> np.ndarray:
     """(views*N, C) cosines between CLIP image embeddings and `text`; view 1 is the mirrored image."""
     # A square resize (not CLIP's crop), so CLIP sees the whole image the trained backbone sees.
     transform = clip_preprocess(model).transform(train=False, hflip=False)
-    loader = DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, num_workers=num_workers)
+    labels = np.zeros((len(paths), 1), dtype=np.float32)  # ImageDataset yields labels; unused here
+    loader = DataLoader(ImageDataset(Split(paths, labels), transform), batch_size=batch_size, num_workers=num_workers)
     text = text.to(device)
     out = [[] for _ in range(views)]
-    for images in tqdm(loader, desc="CLIP scores of the train set", disable=None):
+    for images, _, _ in tqdm(loader, desc="CLIP scores of the train set", disable=None):
         images = images.to(device)
         for view in range(views):
             # Mirroring the resized tensor equals resizing the mirrored image: the resize grid is symmetric.

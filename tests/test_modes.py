@@ -38,24 +38,23 @@ def _write_split(root: Path, split: str, count: int, rng: np.random.RandomState,
             Image.fromarray(pixels).save(root / "images" / name)
 
 
+def _write_dataset(root: Path, rng: np.random.RandomState, images: bool) -> Path:
+    root.mkdir()
+    _write_split(root, "train", NUM_TRAIN, rng, images=images)
+    _write_split(root, "val", NUM_TEST, rng, images=images)
+    return root
+
+
 @pytest.fixture()
 def tiny(tmp_path) -> Path:
-    root = tmp_path / "tiny"
-    root.mkdir()
-    rng = np.random.RandomState(0)
-    _write_split(root, "train", NUM_TRAIN, rng, images=True)
-    _write_split(root, "val", NUM_TEST, rng, images=True)
-    return root
+    return _write_dataset(tmp_path / "tiny", np.random.RandomState(0), images=True)
 
 
 @pytest.fixture()
 def features_only(tmp_path) -> Path:
     """A dataset folder with features and labels but no image at all."""
-    root = tmp_path / "feats"
-    root.mkdir()
     rng = np.random.RandomState(1)
-    _write_split(root, "train", NUM_TRAIN, rng, images=False)
-    _write_split(root, "val", NUM_TEST, rng, images=False)
+    root = _write_dataset(tmp_path / "feats", rng, images=False)
     np.save(root / "train_features_digits_cnn.npy", rng.randn(NUM_TRAIN, 5).astype(np.float32))
     np.save(root / "val_features_digits_cnn.npy", rng.randn(NUM_TEST, 5).astype(np.float32))
     return root
