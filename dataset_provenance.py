@@ -13,9 +13,12 @@ import json
 from pathlib import Path
 
 VARIANT_FILE = "variant.json"
+# Bump the version whenever preproc/format_digits.py would draw different mosaics.
+DIGITS_VARIANT = "sklearn-digits-3x3-v1"
 
 # (official train images, official val = test images) per known variant (SPEC §2).
 EXPECTED_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
+    "digits": {DIGITS_VARIANT: (4000, 1000)},
     "pascal": {"voc2012": (5717, 5823)},
     "coco": {"coco2014": (82081, 40137)},
     "cub": {"cub-200-2011": (5994, 5794)},

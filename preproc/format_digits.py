@@ -12,6 +12,7 @@ handwritten sample appears in both the train (official train) and the test
     data/digits/images/{train,test}/NNNNNN.png
     data/digits/formatted_{train,val}_{images,labels}.npy
     data/digits/classes.txt
+    data/digits/variant.json           the builder's version, seed and counts
 
 A fixed seed makes the output byte-identical run to run.
 
@@ -33,13 +34,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from class_names import DIGITS_CLASSES as CLASS_NAMES  # noqa: E402
+from dataset_provenance import DIGITS_VARIANT, write_variant  # noqa: E402
 from presets import DATA_ROOT  # noqa: E402
 
 GRID, CELL = 3, 8
 NUM_TRAIN, NUM_TEST = 4000, 1000  # mosaics; train is later split 80/20 into train/val
 TRAIN_SOURCE_FRAC = 2 / 3  # share of the 1,797 source digits reserved for train mosaics
 SEED = 0
-OUTPUTS = ("images", "classes.txt", *(f"formatted_{s}_{k}.npy" for s in ("train", "val") for k in ("images", "labels")))
+OUTPUTS = ("images", "classes.txt", "variant.json", *(f"formatted_{s}_{k}.npy" for s in ("train", "val") for k in ("images", "labels")))
 
 
 def _mosaics(digits: np.ndarray, targets: np.ndarray, count: int, rng: np.random.RandomState):
@@ -87,6 +89,7 @@ def format_digits(save_path: Path = DATA_ROOT / "digits") -> Path:
         _write_split(tmp, "train", "train", pixels[train_src], source.target[train_src], NUM_TRAIN, rng)
         _write_split(tmp, "test", "val", pixels[test_src], source.target[test_src], NUM_TEST, rng)
         (tmp / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+        write_variant(tmp, DIGITS_VARIANT, seed=SEED, grid=GRID, train_images=NUM_TRAIN, test_images=NUM_TEST)
         shutil.rmtree(save_path / "images", ignore_errors=True)
         for name in OUTPUTS:  # the .npy files last: their presence means the images are complete
             os.replace(tmp / name, save_path / name)

@@ -224,3 +224,11 @@ def test_variant_recognised_from_counts_when_no_record(tmp_path):
     assert dataset_variant("nuswide", tmp_path, 161789, 107859) == "official"
     assert dataset_variant("coco", tmp_path, 82081, 40137) == "coco2014"
     assert dataset_variant("coco", tmp_path, 10, 5) == "unknown"
+
+
+def test_digits_folder_records_its_variant(digits_master, tmp_path):
+    from dataset_provenance import DIGITS_VARIANT
+
+    assert dataset_variant("digits", digits_master, 4000, 1000) == DIGITS_VARIANT
+    # folders built before variant.json existed are recognised by their counts
+    assert dataset_variant("digits", tmp_path, 4000, 1000) == DIGITS_VARIANT
