@@ -61,6 +61,12 @@ class Config:
     resume: bool = False  # continue the run in `out` from its last.pt
     eval_only: Path | None = None  # score this checkpoint on val and test, train nothing
 
+    def __post_init__(self):
+        # Saved as absolute paths, so that --resume and --eval-only work from any directory.
+        for name in _PATH_FIELDS:
+            if (value := getattr(self, name)) is not None:
+                object.__setattr__(self, name, Path(value).absolute())
+
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()
                 if k not in _INVOCATION_FIELDS}

@@ -67,6 +67,18 @@ def test_flags_override_presets(tmp_path):
     assert (cfg.bsize, cfg.hyper.alpha) == (4, 0.3)
 
 
+def test_saved_paths_survive_a_change_of_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_args(["-g", "cpu", "--data-dir", "data/mine", "--out", "runs/a", "--text-features", "t.npy"])
+    saved = cfg.to_dict()
+    assert saved["data_dir"] == str(tmp_path / "data" / "mine")
+    assert saved["image_root"] == str(tmp_path / "data" / "mine" / "images")
+    assert (saved["out"], saved["text_features"]) == (str(tmp_path / "runs" / "a"), str(tmp_path / "t.npy"))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # what --resume and --eval-only rebuild from config.json
+    assert type(cfg).from_dict(saved, tmp_path / "config.json") == cfg
+
+
 def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
