@@ -48,6 +48,13 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def seed_all(seed: int) -> None:
+    """Seed every random stream a run draws from (torch on all devices, NumPy, Python)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def rng_state(train_generator: torch.Generator | None) -> dict:
     """Every random stream a training epoch draws from, as tensors and plain numbers."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

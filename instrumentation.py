@@ -18,10 +18,27 @@ from errors import UserError
 log = logging.getLogger(__name__)
 
 
-
-
 def write_json_atomic(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+RUN_FILES = ("config.json", "train.log", "metrics.jsonl", "results.json", "search.json")  # all a run writes but checkpoints
+
+
+def claim_run_folder(out: Path, config: dict) -> None:
+    """Create a new run folder holding its config.json; a folder that already holds files is refused."""
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"run folder {out} already exists and is not empty; pass a new --out (or --resume {out})")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", config)
+
+
+def run_status(out: Path) -> str | None:
+    """What the folder's results.json says (running, completed, interrupted, diverged); None before it exists."""
+    try:
+        return json.loads((out / "results.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 class RunLog:
@@ -35,10 +52,7 @@ class RunLog:
 
     def __init__(self, out: Path, config: dict, resumed_epochs: list[dict] | None = None):
         if resumed_epochs is None:
-            if out.exists() and any(out.iterdir()):
-                raise UserError(f"run folder {out} already exists and is not empty; pass a new --out (or --resume {out})")
-            out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out / "config.json", config)
+            claim_run_folder(out, config)
         self.out = out
         self.config = config
         self.info: dict = {}
@@ -57,7 +71,7 @@ class RunLog:
         self.write_results(best, status)
 
     def write_results(self, best: dict, status: str, **extra) -> None:
-        """`status`: running, completed or interrupted (then `reason` says why)."""
+        """`status`: running, completed, or interrupted / diverged (then `reason` says why)."""
         # per epoch, not summed: the same unreadable image is skipped again every epoch
         skipped = max((record.get("skipped_images", 0) for record in self.epochs), default=0)
         write_json_atomic(

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, seed_all
 from clip_models import ClipSpec
 from config import Config, parse_args
 from dataset_provenance import dataset_variant
@@ -33,7 +31,7 @@ from models import MultiLabelModel, create_backbone
 from modes import run_linear_mode
 from presets import PRESETS
 from search import run_search
-from trainer import train_and_record
+from trainer import restart_if_unstarted, train_and_record
 from vlpl import VLPLLoss, attach_clip_pseudo_labels
 
 log = logging.getLogger("spml")
@@ -76,9 +74,7 @@ def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
 
 
 def _set_determinism(cfg: Config) -> None:
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    seed_all(cfg.seed)
     if cfg.deterministic:
         # cuBLAS needs this workspace setting for deterministic matmuls (read when CUDA initialises)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -102,9 +98,7 @@ def evaluate_checkpoint(cfg: Config, model: MultiLabelModel, loaders: dict[str, 
 
 def run(cfg: Config) -> dict:
     """One run, or with --search one run per grid point (search.py)."""
-    if cfg.resume and (cfg.search or cfg.train_mode != "end_to_end"):
-        raise UserError(f"--resume continues end-to-end runs; {cfg.out} is a {cfg.train_mode}"
-                        f"{' search' if cfg.search else ''} run: start it again")
+    cfg = restart_if_unstarted(cfg, cfg.out)
     if cfg.search:
         return run_search(cfg, run_once)
     return run_once(cfg)

@@ -31,11 +31,11 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from datasets import SPLIT_SEED, VAL_FRAC, generate_split, load_splits
 from errors import UserError
-from instrumentation import write_json_atomic
+from instrumentation import claim_run_folder, write_json_atomic
 from losses import LOSSES, SPMLLoss, create_loss
 from models import Backbone, create_backbone
 from npy_io import load_npy
-from trainer import train_and_record
+from trainer import resumed_phase, train_and_record
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,10 @@ class FeatureDataset(Dataset):
 
 def _batches(dataset: FeatureDataset, bsize: int, shuffle: bool, seed: int) -> DataLoader:
     # Whole batches by one tensor gather: per-row collation costs more than the linear layer itself.
-    rows = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, sampler=BatchSampler(rows, bsize, drop_last=False), batch_size=None)
+    # The shuffle generator is also the loader's, where the checkpoint saves and restores it (trainer.py).
+    generator = torch.Generator().manual_seed(seed)
+    rows = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(dataset, sampler=BatchSampler(rows, bsize, drop_last=False), batch_size=None, generator=generator)
 
 
 def feature_loaders(cfg, label_view: str) -> tuple[dict[str, DataLoader], int, int]:
@@ -127,9 +129,11 @@ EndToEnd = Callable[..., dict]  # main.train_end_to_end(cfg, out, init=None) -> 
 
 
 def run_linear_mode(cfg, train_end_to_end: EndToEnd) -> dict:
-    """`linear_fixed_features`, or `linear_init` (then `train_end_to_end` fine-tunes from the linear phase)."""
-    if cfg.out.exists() and any(cfg.out.iterdir()):
-        raise UserError(f"run folder {cfg.out} already exists and is not empty; pass a new --out")
+    """`linear_fixed_features`, or `linear_init` (then `train_end_to_end` fine-tunes from the linear phase).
+
+    linear_init keeps its phases in `<out>/linear/` and `<out>/fine_tune/`; --resume skips
+    a completed phase and resumes the other (trainer.resumed_phase).
+    """
     label_view = LOSSES[cfg.loss].label_view
     loaders, feature_dim, num_classes = feature_loaders(cfg, label_view)
     device = torch.device(cfg.device)
@@ -142,8 +146,12 @@ def run_linear_mode(cfg, train_end_to_end: EndToEnd) -> dict:
         with single_thread_on_cpu(device):
             return train_and_record(cfg, cfg.out, classifier, loss_fn, loaders, linear_epochs).summary()
 
-    with single_thread_on_cpu(device):
-        linear = train_and_record(cfg, cfg.out / "linear", classifier, loss_fn, loaders, linear_epochs)
+    if not cfg.resume:
+        claim_run_folder(cfg.out, cfg.to_dict())  # what --resume reads
+    linear_cfg, linear = resumed_phase(cfg, cfg.out / "linear", loss_fn)
+    if linear is None:
+        with single_thread_on_cpu(device):
+            linear = train_and_record(linear_cfg, cfg.out / "linear", classifier, loss_fn, loaders, linear_epochs)
     carried = loss_fn.state_dict() if getattr(loss_fn, "carries_state_across_phases", False) else None
 
     def init(model: nn.Module, fine_tune_loss: SPMLLoss) -> None:
@@ -152,8 +160,12 @@ def run_linear_mode(cfg, train_end_to_end: EndToEnd) -> dict:
         if carried is not None:
             fine_tune_loss.load_state_dict(carried)
 
-    log.info(f"linear_init: fine-tuning end to end from the linear phase's epoch {linear.best_epoch}")
-    summary = train_end_to_end(cfg, cfg.out / "fine_tune", init=init)
+    fine_tune_cfg, fine_tuned = resumed_phase(cfg, cfg.out / "fine_tune")
+    if fine_tuned is not None:
+        summary = fine_tuned.summary()
+    else:
+        log.info(f"linear_init: fine-tuning end to end from the linear phase's epoch {linear.best_epoch}")
+        summary = train_end_to_end(fine_tune_cfg, cfg.out / "fine_tune", init=init)
     result = {**summary, "linear_phase": linear.summary()}
     write_json_atomic(cfg.out / "results.json", {"config": cfg.to_dict(), "status": "completed", **result})
     return result

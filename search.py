@@ -6,23 +6,28 @@
 Each grid point is a full run in `<out>/lr<lr>_bs<bsize>/` (kept). The run with the
 best val mAP is selected and its test mAP reported; `<out>/search.json` holds
 every row (rewritten after each run) and the log prints the table. A run whose
-loss diverges is recorded as such and the search goes on.
+loss diverges is recorded as such and the search goes on. `--resume <out>` keeps the
+grid points already completed or diverged, resumes the one that was cut off and runs
+the rest.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from typing import Callable
 
 from engine import NonFiniteLoss
 from errors import UserError
-from instrumentation import write_json_atomic
+from instrumentation import claim_run_folder, run_status, write_json_atomic
+from trainer import restart_if_unstarted
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
 DEFAULT_BSIZES = (8, 16)
+DIVERGED = {"best_epoch": 0, "best_val_map": math.nan, "test_map": math.nan}
 
 
 def grid_table(rows: list[dict], best: dict | None) -> str:
@@ -34,22 +39,36 @@ def grid_table(rows: list[dict], best: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _finished(out) -> tuple[dict, str] | None:
+    """(summary, status) of a grid point an earlier process completed or saw diverge, else None."""
+    status = run_status(out)
+    if status == "diverged":
+        return DIVERGED, status
+    if status == "completed":
+        results = json.loads((out / "results.json").read_text())
+        return {key: results[key] for key in DIVERGED}, status
+    return None
+
+
 def run_search(cfg, run_once: Callable) -> dict:
     """Run `run_once` on every grid point; returns the best row plus the whole grid."""
-    if cfg.out.exists() and any(cfg.out.iterdir()):
-        raise UserError(f"run folder {cfg.out} already exists and is not empty; pass a new --out")
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        claim_run_folder(cfg.out, cfg.to_dict())  # what --resume reads
     rows: list[dict] = []
     for lr in cfg.search_lrs:
         for bsize in cfg.search_bsizes:
             point = dataclasses.replace(cfg, lr=lr, bsize=bsize, search=False, out=cfg.out / f"lr{lr:g}_bs{bsize}")
-            log.info(f"search: lr {lr:g}, batch {bsize} -> {point.out}")
-            try:
-                summary, status = run_once(point), "completed"
-            except NonFiniteLoss as err:
-                log.warning(f"search: lr {lr:g}, batch {bsize} diverged: {err}")
-                summary = {"best_epoch": 0, "best_val_map": math.nan, "test_map": math.nan}
-                status = "diverged"
+            if (done := _finished(point.out) if cfg.resume else None) is not None:
+                summary, status = done
+                log.info(f"search: lr {lr:g}, batch {bsize}: {status} earlier, kept")
+            else:
+                log.info(f"search: lr {lr:g}, batch {bsize} -> {point.out}")
+                point = restart_if_unstarted(point, point.out)
+                try:
+                    summary, status = run_once(point), "completed"
+                except NonFiniteLoss as err:
+                    log.warning(f"search: lr {lr:g}, batch {bsize} diverged: {err}")
+                    summary, status = DIVERGED, "diverged"
             rows.append({"lr": lr, "bsize": bsize, "status": status, "out": str(point.out), **summary})
             write_json_atomic(cfg.out / "search.json", {"config": cfg.to_dict(), "rows": rows, "best": None})
     finished = [row for row in rows if row["status"] == "completed"]

@@ -4,12 +4,17 @@
 builds Adam over the model and the loss's own parameter groups (ROLE's label
 estimator at lr x10), resumes from `last.pt` when asked, runs `engine.fit`, writes
 `last.pt` after every epoch and `best.pt` on a val gain, and marks the results
-interrupted when a non-finite loss or Ctrl-C ends the run.
+diverged (non-finite loss) or interrupted (Ctrl-C) when the run ends early.
+
+Runs made of several phases, each in its own folder (linear_init's two, the
+grid points of --search), go on under --resume phase by phase: `resumed_phase`
+says whether a phase's folder is done, to resume, or to start.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -19,7 +24,7 @@ from torch.utils.data import DataLoader
 from checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from engine import NonFiniteLoss, TrainState, fit
 from errors import UserError
-from instrumentation import RunLog
+from instrumentation import RUN_FILES, RunLog, run_status
 from losses import SPMLLoss
 
 log = logging.getLogger(__name__)
@@ -41,11 +46,10 @@ def _train_state(out: Path, ckpt: dict | None) -> TrainState:
 def _checkpoint_of(cfg, out: Path) -> dict | None:
     if not cfg.resume:
         return None
-    results = out / "results.json"
-    if results.is_file() and json.loads(results.read_text()).get("status") == "completed":
+    if run_status(out) == "completed":
         raise UserError(f"--resume {out}: that run has completed; nothing to resume")
     if not (out / LAST).is_file():
-        raise UserError(f"--resume {out}: no {LAST} there (killed before its first epoch ended?); start the run again")
+        raise UserError(f"--resume {out}: no {LAST} there; that folder does not hold a run of this configuration")
     ckpt = load_checkpoint(out / LAST)
     if ckpt["config"] != cfg.to_dict() | {k: ckpt["config"].get(k) for k in ("device", "num_workers", "out")}:
         raise UserError(f"{out / LAST} was written with another configuration than {out / 'config.json'}")
@@ -87,10 +91,11 @@ def train_and_record(cfg, out: Path, model: nn.Module, loss_fn: SPMLLoss, loader
                         state=state, on_epoch_end=save_checkpoints)
         except (NonFiniteLoss, KeyboardInterrupt) as err:
             # Nothing of the unfinished epoch is kept: last.pt and best.pt stay as the last completed epoch left them.
-            reason = str(err) if isinstance(err, NonFiniteLoss) else "interrupted by the user (Ctrl-C)"
-            run_log.write_results(state.summary(), "interrupted", reason=reason, last_completed_epoch=state.epoch)
-            log.error(f"stopped during epoch {state.epoch + 1}: {LAST} and results.json (marked interrupted) hold "
-                      f"epoch {state.epoch}; `python main.py --resume {out}` continues from there")
+            status, reason = ("diverged", str(err)) if isinstance(err, NonFiniteLoss) else \
+                ("interrupted", "interrupted by the user (Ctrl-C)")
+            run_log.write_results(state.summary(), status, reason=reason, last_completed_epoch=state.epoch)
+            log.error(f"stopped during epoch {state.epoch + 1}: {LAST} and results.json (marked {status}) hold "
+                      f"epoch {state.epoch}; `python main.py --resume {cfg.out}` continues from there")
             raise
         run_log.write_results(state.summary(), "completed")
         log.info(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
@@ -98,3 +103,39 @@ def train_and_record(cfg, out: Path, model: nn.Module, loss_fn: SPMLLoss, loader
         return state
     finally:
         run_log.close()
+
+
+def restart_if_unstarted(cfg, out: Path):
+    """Under --resume, a run or phase killed before its first epoch ended holds no checkpoint and
+    no finished epoch, only the files its run log writes (no training to lose): they are removed
+    and the config comes back with resume off, so it starts afresh. A folder holding anything
+    else (epochs logged, files of the user's) is left as it is, and the resume refused."""
+    if not cfg.resume or any(out.rglob("*.pt")):
+        return cfg
+    if out.exists():
+        files = [path for path in out.rglob("*") if not path.is_dir()]
+        if logged := [path for path in files if path.name == "metrics.jsonl" and path.stat().st_size > 0]:
+            raise UserError(f"--resume {out}: {logged[0]} records finished epochs but no checkpoint is left "
+                            f"to resume from (were the .pt files deleted?); start a new run")
+        if foreign := [str(path.relative_to(out)) for path in files if path.name not in RUN_FILES]:
+            raise UserError(f"--resume {out}: no epoch completed, and it holds files spml did not write "
+                            f"({', '.join(sorted(foreign))}); move them away and resume again")
+        log.info(f"{out}: killed before its first epoch ended; starting it again")
+        shutil.rmtree(out)  # only run-log files, checked above
+    return dataclasses.replace(cfg, resume=False)
+
+
+def resumed_phase(cfg, out: Path, loss_fn: SPMLLoss | None = None) -> tuple[object, TrainState | None]:
+    """How a --resume goes on with the phase whose folder is `out`: (config to train it with, final state).
+
+    A completed phase is not trained again: its final state comes back (best weights
+    from best.pt) and `loss_fn` gets the state it ended with (ROLE's label estimates).
+    A phase holding a checkpoint is resumed from it; one without is started afresh
+    (`restart_if_unstarted`).
+    """
+    if cfg.resume and run_status(out) == "completed" and (out / LAST).is_file():
+        ckpt = load_checkpoint(out / LAST)
+        if loss_fn is not None:
+            loss_fn.load_state_dict(ckpt["loss_state"])
+        return cfg, _train_state(out, ckpt)
+    return restart_if_unstarted(cfg, out), None

@@ -37,7 +37,7 @@ status_of() {  # completed / running / interrupted, or "none" when the run has n
 failed=()
 for seed in $seeds; do
     run_dir=$out_dir/seed$seed
-    if [[ -f $run_dir/last.pt ]]; then
+    if [[ -f $run_dir/config.json ]]; then  # a run main.py started (any mode): main.py --resume knows what is left
         case $(status_of "$run_dir") in
             completed) echo "seed $seed: already completed in $run_dir, skipped" >&2; continue ;;
             *) echo "seed $seed: resuming $run_dir" >&2
@@ -45,8 +45,8 @@ for seed in $seeds; do
         esac
     fi
     if [[ -d $run_dir ]] && [[ -n $(ls -A "$run_dir") ]]; then
-        # started elsewhere, or killed before its first epoch ended: never delete a run folder here
-        echo "seed $seed: $run_dir exists without a completed epoch; remove it to start the seed again" >&2
+        # not a run folder of main.py: never delete a folder here
+        echo "seed $seed: $run_dir exists and holds no run (no config.json); remove it to start the seed again" >&2
         failed+=("$seed")
         continue
     fi

@@ -152,14 +152,15 @@ class _FailsAtEpoch2(SPMLLoss):
         return terms
 
 
-@pytest.mark.parametrize("error, code", [("nan", 2), ("ctrl-c", 130)])
-def test_interrupted_run_keeps_best_checkpoint_and_marks_results(small_digits, tmp_path, monkeypatch, capsys, error, code):
+@pytest.mark.parametrize("error, code, status", [("nan", 2, "diverged"), ("ctrl-c", 130, "interrupted")])
+def test_interrupted_run_keeps_best_checkpoint_and_marks_results(small_digits, tmp_path, monkeypatch, capsys,
+                                                                 error, code, status):
     monkeypatch.setitem(LOSSES, "fails", LossEntry(lambda hp, n, c: _FailsAtEpoch2(error), "observed", "test"))
     out = tmp_path / "run"
     assert main(["-g", "cpu", "-l", "fails", "--patience", "0", "--epochs", "3", "--data-dir", str(small_digits),
                  "--out", str(out)]) == code
     results = json.loads((out / "results.json").read_text())
-    assert results["status"] == "interrupted" and results["last_completed_epoch"] == 1
+    assert results["status"] == status and results["last_completed_epoch"] == 1
     assert [r["epoch"] for r in results["epochs"]] == [1] and results["best_epoch"] == 1
     if error == "nan":
         assert "epoch 2, step 1" in results["reason"]
@@ -190,3 +191,32 @@ def test_same_seed_same_metrics(small_digits, tmp_path):
     for name in ("a", "b"):
         assert main(flags(small_digits, tmp_path / name, "--epochs", "1", "-s", "3")) == 0
     assert epochs_without_time(tmp_path / "a") == epochs_without_time(tmp_path / "b")
+
+
+def test_resume_of_a_run_cut_before_its_first_epoch_starts_it_again(small_digits, tmp_path, monkeypatch, capsys):
+    import trainer
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "fit", ctrl_c)
+        assert main(flags(small_digits, out, "--epochs", "1")) == 130
+    assert not list(out.glob("*.pt")) and (out / "config.json").is_file()
+    (out / "notes.txt").write_text("the user's own file")
+    assert main(["--resume", str(out), "-g", "cpu"]) == 2
+    assert "holds files spml did not write (notes.txt)" in capsys.readouterr().err
+    assert (out / "config.json").is_file()  # refused before anything was removed
+    (out / "notes.txt").unlink()
+    assert main(["--resume", str(out), "-g", "cpu"]) == 0
+    assert json.loads((out / "results.json").read_text())["status"] == "completed"
+    assert main(flags(small_digits, tmp_path / "straight", "--epochs", "1")) == 0
+    assert epochs_without_time(out) == epochs_without_time(tmp_path / "straight")
+
+    # a run whose checkpoints were deleted is not mistaken for one that never trained
+    for checkpoint_file in out.glob("*.pt"):
+        checkpoint_file.unlink()
+    assert main(["--resume", str(out), "-g", "cpu"]) == 2
+    assert "records finished epochs but no checkpoint is left" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["status"] == "completed"

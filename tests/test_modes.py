@@ -132,3 +132,74 @@ def test_apl_warmup_past_the_run_is_a_user_error(features_only, tmp_path, capsys
     code = main([*FAST, "--data-dir", str(features_only), "-l", "EM_APL", "--train-mode", "linear_fixed_features",
                  "--epochs", "2", "--warmup-epochs", "2", "--out", str(tmp_path / "run")])
     assert code == 2 and "--warmup-epochs 2 must be below --epochs 2" in capsys.readouterr().err
+
+
+def _ctrl_c_in_phase(monkeypatch, phase: int, after_epochs: int) -> None:
+    """Ctrl-C in this process's `phase`-th training phase, once `after_epochs` epochs of it are checkpointed."""
+    import trainer
+
+    real_fit, calls = trainer.fit, []
+
+    def fit(*args, on_epoch_end, **kwargs):
+        calls.append(phase)
+        if len(calls) != phase:
+            return real_fit(*args, on_epoch_end=on_epoch_end, **kwargs)
+        if after_epochs == 0:
+            raise KeyboardInterrupt
+
+        def then_interrupt(state, improved):
+            on_epoch_end(state, improved)
+            if state.epoch == after_epochs:
+                raise KeyboardInterrupt
+        return real_fit(*args, on_epoch_end=then_interrupt, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit", fit)
+
+
+def _epochs(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in _results(run_dir)["epochs"]]
+
+
+@pytest.mark.parametrize("after_epochs", [0, 1])  # fine-tuning cut before its first epoch ended, or after it
+def test_linear_init_resumes_phase_by_phase(tiny, tmp_path, monkeypatch, after_epochs):
+    from models import Preprocess
+
+    extract_features("digits", "digits_cnn", tiny, tiny / "images", bsize=16, pretrained=False)
+    # random flips at train time: fine-tuning draws from the global RNG (as on the real datasets), so a
+    # resumed run matches only if the linear phase leaves that RNG as it would uninterrupted
+    flip = Preprocess.transform
+    monkeypatch.setattr(Preprocess, "transform", lambda self, train, hflip: flip(self, train, hflip=train))
+    argv = [*FAST, "--data-dir", str(tiny), "-l", "role", "--train-mode", "linear_init",
+            "--linear-epochs", "2", "--epochs", "2", "--patience", "0"]
+    assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as patch:
+        _ctrl_c_in_phase(patch, phase=2, after_epochs=after_epochs)
+        assert main([*argv, "--out", str(cut)]) == 130
+    assert _results(cut / "linear")["status"] == "completed"
+    assert _results(cut / "fine_tune")["status"] == "interrupted" and not (cut / "results.json").exists()
+
+    assert main(["--resume", str(cut), "-g", "cpu"]) == 0
+    for phase in ("linear", "fine_tune"):
+        assert _epochs(cut / phase) == _epochs(tmp_path / "straight" / phase)
+    straight, resumed = _results(tmp_path / "straight"), _results(cut)
+    assert resumed["status"] == "completed" and resumed["linear_phase"] == straight["linear_phase"]
+    assert (resumed["best_epoch"], resumed["test_map"]) == (straight["best_epoch"], straight["test_map"])
+
+
+def test_search_resumes_where_it_was_cut(features_only, tmp_path, monkeypatch):
+    argv = [*FAST[:-2], "--data-dir", str(features_only), "-l", "role", "--train-mode", "linear_fixed_features",
+            "--epochs", "2", "--patience", "0", "--search", "--search-lrs", "1e-2", "1e-3", "--search-bsizes", "4", "8"]
+    assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as patch:
+        _ctrl_c_in_phase(patch, phase=2, after_epochs=1)
+        assert main([*argv, "--out", str(cut)]) == 130
+    assert (cut / "lr0.01_bs8" / "last.pt").is_file() and not (cut / "lr0.001_bs4").exists()
+
+    assert main(["--resume", str(cut), "-g", "cpu"]) == 0
+    rows = lambda run: [{k: v for k, v in row.items() if k != "out"}  # noqa: E731
+                        for row in json.loads((run / "search.json").read_text())["rows"]]
+    assert rows(cut) == rows(tmp_path / "straight") and len(rows(cut)) == 4
+    for point in ("lr0.01_bs4", "lr0.01_bs8", "lr0.001_bs8"):
+        assert _epochs(cut / point) == _epochs(tmp_path / "straight" / point)
