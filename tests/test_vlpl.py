@@ -242,6 +242,19 @@ def test_backbone_features_and_own_preprocessing(name, dim, tiny_clip):
         assert size == 448 and bb.preprocess.mean == models.IMAGENET_MEAN
 
 
+@pytest.mark.parametrize("name,dim,size,probe", [
+    ("resnet50", 2048, 448, 64),
+    ("convnext_xlarge_22k", 2048, 448, 64),  # VLPL's ConvNeXt-XL (timm)
+    ("clip_vision", 768, 336, 336),  # ViT-L/14 at 336, the VLPL paper's CLIP: its positions fix the input size
+])
+def test_published_architectures_build_and_run(name, dim, size, probe):
+    """The papers' backbones, randomly initialised (about 15 s on 2 cores): feature size, input size, a forward pass."""
+    bb = create_backbone(name, pretrained=False, clip=ClipSpec("ViT-L-14-336"))
+    assert (bb.feature_dim, bb.preprocess.size) == (dim, size)
+    with torch.no_grad():
+        assert bb.features.eval()(torch.randn(1, 3, probe, probe)).shape == (1, dim)
+
+
 def test_offline_convnext_xlarge_fails_fast_with_the_file_to_place(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="timm/convnext_xlarge.fb_in22k"):
