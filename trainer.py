@@ -94,8 +94,10 @@ def train_and_record(cfg, out: Path, model: nn.Module, loss_fn: SPMLLoss, loader
             status, reason = ("diverged", str(err)) if isinstance(err, NonFiniteLoss) else \
                 ("interrupted", "interrupted by the user (Ctrl-C)")
             run_log.write_results(state.summary(), status, reason=reason, last_completed_epoch=state.epoch)
+            # A diverged run resumed would replay the same steps: the way on is a new run (lower --lr).
+            then = "" if status == "diverged" else f"; `python main.py --resume {cfg.out}` continues from there"
             log.error(f"stopped during epoch {state.epoch + 1}: {LAST} and results.json (marked {status}) hold "
-                      f"epoch {state.epoch}; `python main.py --resume {cfg.out}` continues from there")
+                      f"epoch {state.epoch}{then}")
             raise
         run_log.write_results(state.summary(), "completed")
         log.info(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "

@@ -162,9 +162,11 @@ def test_interrupted_run_keeps_best_checkpoint_and_marks_results(small_digits, t
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == status and results["last_completed_epoch"] == 1
     assert [r["epoch"] for r in results["epochs"]] == [1] and results["best_epoch"] == 1
+    err = capsys.readouterr().err
+    assert ("--resume" in err) == (status == "interrupted")  # resuming a diverged run would replay the NaN
     if error == "nan":
         assert "epoch 2, step 1" in results["reason"]
-        assert "error: non-finite loss (nan) at epoch 2, step 1" in capsys.readouterr().err
+        assert "error: non-finite loss (nan) at epoch 2, step 1" in err
     assert load_checkpoint(out / BEST)["train_state"]["best_epoch"] == 1
     last = load_checkpoint(out / LAST)
     assert last["train_state"]["epoch"] == 1 and torch.isfinite(last["model"]["classifier.weight"]).all()
