@@ -30,7 +30,7 @@ python=${PYTHON:-python}
 main=$(cd "$(dirname "$0")/.." && pwd)/main.py
 mkdir -p "$out_dir"
 
-status_of() {  # completed / running / interrupted, or "none" when the run has not written results yet
+status_of() {  # completed / running / interrupted / diverged, or "none" when the run has not written results yet
     "$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["status"])' "$1/results.json" 2>/dev/null || echo none
 }
 

@@ -101,6 +101,14 @@ def test_sweep_script_on_digits_two_seeds(tmp_path):
     assert [r["config"]["seed"] for r in seeds] == [1, 2] and all(r["status"] == "completed" for r in seeds)
     assert seeds[0]["test_map"] != seeds[1]["test_map"]  # really two seeds
 
+    # seed 2 as if killed before its first epoch ended: the sweep's rerun starts it again in place
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "results.json"):
+        (out / "seed2" / name).unlink()
+    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stderr.count("already completed") == 1, again.stderr[-2000:]
+    assert "killed before its first epoch ended; starting it again" in again.stderr
+    assert json.loads((out / "seed2" / "results.json").read_text())["test_map"] == seeds[1]["test_map"]
+
     again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stderr.count("already completed") == 2
     refused = subprocess.run([*args, "-s", "3"], env=env, capture_output=True, text=True, timeout=60)
