@@ -33,12 +33,17 @@ def claim_run_folder(out: Path, config: dict) -> None:
     write_json_atomic(out / "config.json", config)
 
 
+def run_results(out: Path) -> dict:
+    """The folder's results.json, or {} before one is written (or when it cannot be read)."""
+    try:
+        return json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def run_status(out: Path) -> str | None:
     """What the folder's results.json says (running, completed, interrupted, diverged); None before it exists."""
-    try:
-        return json.loads((out / "results.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
+    return run_results(out).get("status")
 
 
 class RunLog:

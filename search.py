@@ -13,14 +13,13 @@ the rest.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from typing import Callable
 
 from engine import NonFiniteLoss
 from errors import UserError
-from instrumentation import claim_run_folder, run_status, write_json_atomic
+from instrumentation import claim_run_folder, run_results, write_json_atomic
 from trainer import restart_if_unstarted
 
 log = logging.getLogger(__name__)
@@ -41,11 +40,11 @@ def grid_table(rows: list[dict], best: dict | None) -> str:
 
 def _finished(out) -> tuple[dict, str] | None:
     """(summary, status) of a grid point an earlier process completed or saw diverge, else None."""
-    status = run_status(out)
+    results = run_results(out)
+    status = results.get("status")
     if status == "diverged":
         return DIVERGED, status
     if status == "completed":
-        results = json.loads((out / "results.json").read_text())
         return {key: results[key] for key in DIVERGED}, status
     return None
 
