@@ -8,7 +8,7 @@ for every class at once.
 
 Per-image metrics, in percent: `prec_at_k` (share of the k top-scored classes
 that are positive), `rec_at_k` (share of an image's positives found in its top
-k, over images with at least one positive), `top_k` (share of images whose top k
+k, averaged over all images as in the references: an image without a positive counts 0), `top_k` (share of images whose top k
 holds at least one positive). At `threshold`: `cf1` (per-class precision and
 recall averaged over classes, then F1; a class with no prediction has precision
 0) and `of1` (counts pooled over all entries, then F1).
@@ -68,7 +68,8 @@ def compute_metrics(preds: np.ndarray, targets: np.ndarray, threshold: float = 0
     for k in TOP_KS:
         found = hits[:, min(k, hits.shape[1]) - 1]
         out[f"prec_at_{k}"] = 100.0 * float((found / k).mean())
-        out[f"rec_at_{k}"] = 100.0 * float((found[has_pos] / pos_per_image[has_pos]).mean()) if has_pos.any() else 0.0
+        recall = np.divide(found, pos_per_image, out=np.zeros(len(found)), where=has_pos)
+        out[f"rec_at_{k}"] = 100.0 * float(recall.mean())
         out[f"top_{k}"] = 100.0 * float((found > 0).mean())
 
     predicted = preds >= threshold

@@ -62,3 +62,12 @@ def test_top_k_precision_recall_and_f1_hand_values():
 def test_shape_mismatch_refused():
     with pytest.raises(ValueError):
         compute_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_recall_at_k_averages_over_every_image_as_the_references():
+    """An image without a positive counts 0 in rec_at_k (the references' mean over all images)."""
+    preds = np.array([[0.9, 0.1, 0.2], [0.3, 0.8, 0.1], [0.5, 0.4, 0.3]])
+    targets = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    m = compute_metrics(preds, targets)
+    assert m["rec_at_1"] == pytest.approx(100 * (1 + 1 / 2 + 0) / 3)
+    assert m["rec_at_3"] == pytest.approx(100 * (1 + 1 + 0) / 3)
