@@ -1,21 +1,20 @@
-"""Every registered loss: hand-derived values (SPEC §3 formulas written out on a 2 x 3 batch),
+"""Every registered loss: hand-derived values (the papers' formulas written out on a 2 x 3 batch),
 finite gradients at |logit| 30, and the stateful machinery of ROLE and EM_APL."""
 from __future__ import annotations
 
+import dataclasses
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets import training_targets  # noqa: E402
-from errors import UserError  # noqa: E402
-from losses import LOSSES, LossHyper, create_loss  # noqa: E402
-from pseudo_negatives import EmAplLoss, select_pseudo_negatives  # noqa: E402
+from config import LossHyper
+from datasets import training_targets
+from errors import UserError
+from losses import LOSSES, create_loss
+from methods.apl import EmAplLoss, select_pseudo_negatives
+from methods.vlpl import VLPLLoss
 
 
 def L(x: float) -> float:
@@ -103,24 +102,36 @@ def test_em_apl_soft_negative_hand_value():
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
-def test_registry_finite_gradients_at_large_logits(name):
+def test_registry_finite_gradients_at_large_logits_in_every_phase(name):
+    """Each loss through every epoch of a run (warm-up, then its pseudo-label phases), at |logit| 30."""
     torch.manual_seed(0)
-    num = 4
-    loss = create_loss(name, HP, num, 3)
+    num, hp = 4, dataclasses.replace(HP, partial=0.34, beta_neg=0.5)  # VLPL: one pseudo-negative per view
+    loss = create_loss(name, hp, num, 3)
     view = LOSSES[name].label_view
     targets = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]])
     if view != "observed":
         targets = torch.where(targets == 0, -1.0, targets)
     loss.attach_train_labels(targets)
+    if loss.needs_clip_scores:
+        loss.set_clip_cosines(torch.tensor([[0.3, 0.2, 0.1], [0.1, 0.3, 0.2], [0.2, 0.1, 0.3], [0.3, 0.1, 0.2]]))
     logits = torch.tensor([[30.0, -30, 30], [-30, 30, -30], [30, 30, -30], [-30, -30, 30]], requires_grad=True)
-    terms = loss(logits, targets, torch.arange(num))
-    assert terms and all(t.shape == () for t in terms.values())
-    total = sum(terms.values())
-    assert torch.isfinite(total)
-    total.backward()
-    assert torch.isfinite(logits.grad).all()
-    for param in loss.parameters():
-        assert torch.isfinite(param.grad).all()
+    score_train = lambda: torch.sigmoid(logits.detach())  # noqa: E731
+    for epoch in range(1, hp.epochs + 1):
+        loss.start_epoch(epoch, score_train)
+        logits.grad = None
+        loss.zero_grad()
+        terms = loss(logits, targets, torch.arange(num))
+        assert terms and all(t.shape == () for t in terms.values())
+        total = sum(terms.values())
+        assert torch.isfinite(total), f"epoch {epoch}"
+        total.backward()
+        assert torch.isfinite(logits.grad).all(), f"epoch {epoch}"
+        for param in loss.parameters():
+            assert torch.isfinite(param.grad).all(), f"epoch {epoch}"
+    if isinstance(loss, EmAplLoss):  # the phases ran: pseudo-labels exist
+        assert loss.pseudo.any()
+    if isinstance(loss, VLPLLoss):
+        assert loss.active and (loss.pseudo == 1).any() and (loss.pseudo == -1).any()
 
 
 def test_role_estimator_init_lr_and_index():
