@@ -1,29 +1,38 @@
-"""Command-line parsing into one frozen, typed run configuration.
+"""The run configuration: one frozen, typed `Config` (with its `LossHyper`), built by `cli.py`.
 
-Flags mirror the reference repos (`-d -l -g -s -m`); every default that depends
-on the dataset (batch size, lr, alpha, ...) comes from `presets.py` unless the
-flag is given. Cross-field checks raise `UserError` naming the flag and value.
+At the bottom of the import graph (it reads only `presets` and `errors`), so every
+layer can take `cfg: Config`. `to_dict` / `from_dict` are what config.json and the
+checkpoints hold.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from clip_models import DEFAULT_CLIP_MODEL
-from clip_scores import DEFAULT_PROMPT
 from errors import UserError
-from losses import LOSSES, LossHyper
-from models import BACKBONES
-from modes import TRAIN_MODES
-from presets import DATA_ROOT, PRESETS, REPO_ROOT
-from vlpl import check_vlpl_settings
-from search import DEFAULT_BSIZES, DEFAULT_LRS
+from presets import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT, SEARCH_BSIZES, SEARCH_LRS
 
-LINEAR_EPOCHS = 25  # Cole et al.'s epochs for the linear modes
+
+@dataclass(frozen=True)
+class LossHyper:
+    """Every loss hyperparameter the CLI exposes; each loss reads the ones it names."""
+
+    alpha: float = 0.1
+    beta: float = 0.2
+    warmup_epochs: int = 2
+    ls_coef: float = 0.1
+    expected_pos: float = 2.9
+    epochs: int = 10
+    # VLPL (methods/vlpl): pseudo-label rule and loss weights, the reference's values
+    temp: float = 0.01
+    pl_threshold: float = 0.3
+    partial: float = 0.0
+    beta_pos: float = 0.7
+    beta_neg: float = 0.0
+    gamma_pos: float = 2.0
+    gamma_unknown: float = 4.0
+    gamma_neg: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -50,11 +59,11 @@ class Config:
     clip_weights: Path | None = None
     text_features: Path | None = None  # (C, D) class embeddings instead of the text tower
     prompt_template: str = DEFAULT_PROMPT
-    train_mode: str = "end_to_end"  # modes.TRAIN_MODES
+    train_mode: str = "end_to_end"  # presets.TRAIN_MODES
     linear_epochs: int = 25  # linear phase of linear_init
     search: bool = False
-    search_lrs: tuple[float, ...] = DEFAULT_LRS
-    search_bsizes: tuple[int, ...] = DEFAULT_BSIZES
+    search_lrs: tuple[float, ...] = SEARCH_LRS
+    search_bsizes: tuple[int, ...] = SEARCH_BSIZES
     deterministic: bool = False  # PyTorch's deterministic algorithms (GPU runs; CPU runs are already)
     skip_bad_images: bool = False  # skip unreadable training images (counted in results.json)
     # How this process was started, not what the run is: left out of config.json.
@@ -88,226 +97,3 @@ class Config:
 
 _INVOCATION_FIELDS = {"resume", "eval_only"}
 _PATH_FIELDS = {"data_dir", "image_root", "out", "pretrained_weights", "clip_weights", "text_features"}
-# The only flags that may accompany --resume / --eval-only: where and how fast to run, not what.
-_RESUME_FLAGS = {"resume", "gpu", "num_workers"}
-_EVAL_FLAGS = {"eval_only", "gpu", "num_workers", "data_dir", "image_root"}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit code 2 via main, not usage + message
-        raise UserError(message)
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description="Train and evaluate a single-positive multi-label classifier.")
-    loss_help = "; ".join(f"{name}: {entry.help}" for name, entry in LOSSES.items())
-    p.add_argument("-d", "--dataset", default="digits", choices=sorted(PRESETS), help="dataset preset (default: digits)")
-    p.add_argument("-l", "--loss", default=_default_loss(), choices=list(LOSSES), help=loss_help)
-    p.add_argument("-g", "--gpu", default="0", help="GPU index, or 'cpu'; falls back to the CPU when CUDA is absent (default: 0)")
-    p.add_argument("-s", "--seed", type=int, default=0, help="PyTorch seed (default: 0)")
-    p.add_argument("-m", "--model", choices=sorted(BACKBONES), help="backbone (default: the dataset's, resnet50 for the benchmarks)")
-    p.add_argument("--no-pretrained", action="store_true", help="random initialisation instead of ImageNet weights")
-    p.add_argument("--pretrained-weights", type=Path, help="local checkpoint (state dict) to initialise the backbone with")
-    p.add_argument("--epochs", type=_positive(int), help="training epochs (default: 10)")
-    p.add_argument("--bsize", type=_positive(int), help="batch size (default: per dataset)")
-    p.add_argument("--lr", type=_positive(float), help="Adam learning rate (default: per dataset)")
-    p.add_argument("--patience", type=_non_negative_int,
-                   help="stop after this many epochs without a val mAP gain; 1 is the EM/APL code's rule, "
-                        "0 never stops early (Cole, VLPL) (default: 1; 0 for EM_PL*)")
-    p.add_argument("--num-workers", type=_non_negative_int, help="data loading processes (default: per dataset)")
-    p.add_argument("--val-set-variant", choices=("clean", "observed"), default="clean",
-                   help="score val on its full labels, or on its observed positives only (default: clean)")
-    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of CF1/OF1 (0.75 is fair for EM models)")
-    p.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset>)")
-    p.add_argument("--image-root", type=Path, help="image folder (default: the dataset's, inside --data-dir)")
-    p.add_argument("--out", type=Path, help="run folder (default: runs/<dataset>_<loss>_s<seed>_<time>); never overwritten")
-    p.add_argument("--deterministic", action="store_true",
-                   help="use PyTorch's deterministic algorithms (GPU runs: slower, bit-reproducible; CPU runs already are)")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable or truncated training images and count them in results.json "
-                        "(default: stop with the image's path); val/test images are never skipped")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue a killed run from its last completed epoch, with its saved configuration")
-    p.add_argument("--eval-only", type=Path, metavar="CHECKPOINT",
-                   help="score a checkpoint (last.pt or best.pt) on val and test; writes eval_<name>.json beside it")
-    p.add_argument("--train-mode", choices=TRAIN_MODES, default="end_to_end",
-                   help="end_to_end; linear_fixed_features: a linear layer on the features cached by "
-                        "preproc/extract_features.py (default --epochs 25); linear_init: that linear phase "
-                        "(--linear-epochs), then end-to-end fine-tuning (--epochs) (default: end_to_end)")
-    p.add_argument("--linear-epochs", type=_positive(int), default=LINEAR_EPOCHS,
-                   help=f"epochs of linear_init's linear phase (default: {LINEAR_EPOCHS})")
-    p.add_argument("--search", action="store_true",
-                   help="run the lr x batch-size grid, one run folder each under --out, select by val mAP")
-    p.add_argument("--search-lrs", type=_positive(float), nargs="+", default=list(DEFAULT_LRS),
-                   help=f"learning rates of --search (default: {' '.join(f'{v:g}' for v in DEFAULT_LRS)})")
-    p.add_argument("--search-bsizes", type=_positive(int), nargs="+", default=list(DEFAULT_BSIZES),
-                   help=f"batch sizes of --search (default: {' '.join(map(str, DEFAULT_BSIZES))})")
-    hp = p.add_argument_group("loss hyperparameters (defaults: per dataset, SPEC §3)")
-    hp.add_argument("--alpha", type=float, help="EM weight of the unknown-label entropy")
-    hp.add_argument("--beta", type=float, help="APL weight of the soft pseudo-negatives")
-    hp.add_argument("--warmup-epochs", type=_non_negative_int, help="epochs before pseudo-labelling starts")
-    hp.add_argument("--ls-coef", type=float, default=0.1, help="label-smoothing coefficient (default: 0.1)")
-    hp.add_argument("--expected-pos", type=_positive(float), help="expected positives per image (EPR, ROLE)")
-    vl = p.add_argument_group("VLPL pseudo-labels (EM_PL, EM_PL_ASL) and CLIP models")
-    vl.add_argument("-t", "--temp", type=_positive(float), default=0.01, help="softmax temperature of the CLIP scores (default: 0.01)")
-    vl.add_argument("-th", "--pl-threshold", type=float, default=0.3, help="CLIP score above which a label is pseudo-positive (default: 0.3)")
-    vl.add_argument("-p", "--partial", type=float, default=0.0, help="fraction of classes, lowest CLIP scores, made pseudo-negative (default: 0)")
-    vl.add_argument("--beta-pos", type=float, default=0.7, help="EM_PL weight of pseudo-positives (default: 0.7)")
-    vl.add_argument("--beta-neg", type=float, default=0.0, help="EM_PL weight of pseudo-negatives; 0 leaves them out, as the reference (default: 0)")
-    vl.add_argument("--gamma-pos", type=float, default=2.0, help="EM_PL_ASL focusing of positives (default: 2)")
-    vl.add_argument("--gamma-unknown", type=float, default=4.0, help="EM_PL_ASL focusing of unknown labels (default: 4)")
-    vl.add_argument("--gamma-neg", type=float, default=4.0, help="EM_PL_ASL focusing of pseudo-negatives (default: 4)")
-    vl.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
-                    help=f"open_clip model name or a JSON model config: the frozen scorer and the clip_vision backbone (default: {DEFAULT_CLIP_MODEL})")
-    vl.add_argument("--clip-weights", type=Path, help="local open_clip checkpoint for --clip-model (default: OpenAI weights from open_clip's cache)")
-    vl.add_argument("--text-features", type=Path, help="(num_classes, D) .npy class text embeddings (VLPL's *text_feature.npy) instead of prompts")
-    vl.add_argument("--prompt-template", default=DEFAULT_PROMPT, help=f"class prompt for the CLIP text tower (default: {DEFAULT_PROMPT!r})")
-    return p
-
-
-def _default_loss() -> str:
-    return "EM_APL" if "EM_APL" in LOSSES else "EM"
-
-
-def _device(gpu: str) -> str:
-    import torch
-
-    if gpu == "cpu":
-        return "cpu"
-    if not gpu.isdigit():
-        raise UserError(f"-g/--gpu must be a GPU index or 'cpu', got {gpu!r}")
-    if not torch.cuda.is_available():
-        return "cpu"
-    if int(gpu) >= torch.cuda.device_count():
-        raise UserError(f"-g/--gpu {gpu}: only {torch.cuda.device_count()} GPU(s) visible")
-    return f"cuda:{gpu}"
-
-
-def _given_flags(argv: list[str] | None) -> set[str]:
-    """Destinations of the flags actually typed: parse again with every default replaced by a marker."""
-    parser, unset = build_parser(), object()
-    for action in parser._actions:
-        action.default = unset
-    return {dest for dest, value in vars(parser.parse_args(argv)).items() if value is not unset}
-
-
-def _saved_config(args: argparse.Namespace, argv: list[str] | None) -> Config:
-    """--resume / --eval-only: the run's own configuration; refuses flags that would change what it is."""
-    if args.resume and args.eval_only:
-        raise UserError("--resume and --eval-only exclude each other: pass one")
-    flag, allowed = ("--resume", _RESUME_FLAGS) if args.resume else ("--eval-only", _EVAL_FLAGS)
-    if extra := sorted(_given_flags(argv) - allowed):
-        shown = ", ".join("--" + dest.replace("_", "-") for dest in extra)
-        keep = ", ".join("--" + dest.replace("_", "-") for dest in sorted(allowed))
-        raise UserError(f"{flag} uses the run's saved configuration; drop {shown} (only {keep} may be given)")
-    if args.resume:
-        source = args.resume / "config.json"
-        if not source.is_file():
-            raise UserError(f"--resume {args.resume}: no config.json there; pass the folder of a run started by main.py")
-        try:
-            saved = json.loads(source.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"{source} is not valid JSON ({err}); the run folder is damaged") from err
-    else:
-        from checkpoint import load_checkpoint
-
-        source = args.eval_only
-        saved = load_checkpoint(args.eval_only)["config"]
-    changes: dict = {"resume": args.resume is not None, "eval_only": args.eval_only}
-    if args.resume:
-        changes["out"] = args.resume  # the folder may have been moved since
-    given = vars(args)
-    for key in ("num_workers", "data_dir", "image_root"):
-        if given.get(key) is not None:
-            changes[key] = given[key]
-    if given.get("data_dir") is not None and given.get("image_root") is None:
-        changes["image_root"] = given["data_dir"] / PRESETS[saved["dataset"]].image_root
-    gpu = args.gpu if "gpu" in _given_flags(argv) else saved["device"].removeprefix("cuda:")
-    changes["device"] = _device(gpu)
-    return Config.from_dict(saved, source, **changes)
-
-
-def parse_args(argv: list[str] | None = None) -> Config:
-    args = build_parser().parse_args(argv)
-    if args.resume or args.eval_only:
-        return _saved_config(args, argv)
-    preset = PRESETS[args.dataset]
-    pick = lambda value, default: default if value is None else value  # noqa: E731
-    loss_defaults = LOSSES[args.loss].defaults(preset)  # the method's own settings (VLPL), below the flags
-    data_dir = args.data_dir or DATA_ROOT / args.dataset
-    linear = args.train_mode == "linear_fixed_features"
-    epochs = pick(args.epochs, LINEAR_EPOCHS if linear else preset.epochs)
-    if args.search and (args.lr is not None or args.bsize is not None):
-        raise UserError("--search sets --lr and --bsize itself; give the grids with --search-lrs / --search-bsizes")
-    out = args.out or REPO_ROOT / "runs" / f"{args.dataset}_{args.loss}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
-    if not 0.0 < args.threshold < 1.0:
-        raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
-    cfg = Config(
-        dataset=args.dataset,
-        loss=args.loss,
-        model=pick(args.model, preset.model),
-        seed=args.seed,
-        device=_device(args.gpu),
-        epochs=epochs,
-        bsize=pick(args.bsize, loss_defaults.get("bsize", preset.bsize)),
-        lr=pick(args.lr, preset.lr),
-        patience=pick(args.patience, loss_defaults.get("patience", 1)),
-        num_workers=pick(args.num_workers, preset.num_workers),
-        pretrained=not args.no_pretrained and BACKBONES[pick(args.model, preset.model)].has_pretrained,
-        val_set_variant=args.val_set_variant,
-        threshold=args.threshold,
-        data_dir=data_dir,
-        image_root=args.image_root or data_dir / preset.image_root,
-        out=out,
-        hyper=LossHyper(
-            alpha=pick(args.alpha, preset.alpha),
-            beta=pick(args.beta, preset.beta),
-            warmup_epochs=pick(args.warmup_epochs, loss_defaults.get("warmup_epochs", preset.warmup_epochs)),
-            ls_coef=args.ls_coef,
-            expected_pos=pick(args.expected_pos, preset.expected_pos),
-            epochs=epochs,
-            temp=args.temp,
-            pl_threshold=args.pl_threshold,
-            partial=args.partial,
-            beta_pos=args.beta_pos,
-            beta_neg=args.beta_neg,
-            gamma_pos=args.gamma_pos,
-            gamma_unknown=args.gamma_unknown,
-            gamma_neg=args.gamma_neg,
-        ),
-        deterministic=args.deterministic,
-        skip_bad_images=args.skip_bad_images,
-        pretrained_weights=args.pretrained_weights,
-        clip_model=args.clip_model,
-        clip_weights=args.clip_weights,
-        text_features=args.text_features,
-        prompt_template=args.prompt_template,
-        train_mode=args.train_mode,
-        linear_epochs=args.linear_epochs,
-        search=args.search,
-        search_lrs=tuple(args.search_lrs),
-        search_bsizes=tuple(args.search_bsizes),
-    )
-    check_vlpl_settings(cfg.hyper)
-    return cfg

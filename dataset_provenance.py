@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fileio import write_json_atomic
+
 VARIANT_FILE = "variant.json"
 # Bump the version whenever preproc/format_digits.py would draw different mosaics.
 DIGITS_VARIANT = "sklearn-digits-3x3-v1"
 
-# (official train images, official val = test images) per known variant (SPEC §2).
+# (official train images, official val = test images) per known variant (the papers and the official releases).
 EXPECTED_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
     "digits": {DIGITS_VARIANT: (4000, 1000)},
     "pascal": {"voc2012": (5717, 5823)},
@@ -28,8 +30,6 @@ EXPECTED_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
 
 def write_variant(data_dir: Path, variant: str, **details) -> Path:
     """Record how the folder was made; `details` are extra JSON-able facts (flags, sources)."""
-    from instrumentation import write_json_atomic  # late import: keeps this module light for main
-
     path = Path(data_dir) / VARIANT_FILE
     write_json_atomic(path, {"variant": variant, **details})
     return path

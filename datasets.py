@@ -1,6 +1,6 @@
 """Datasets: formatted `.npy` splits, the train/val split protocol and image loading.
 
-Layout of a dataset folder (SPEC §2), shared by the four benchmarks, `digits`
+Layout of a dataset folder (Cole et al. 2021), shared by the four benchmarks, `digits`
 and any folder given with `--data-dir`:
 
     formatted_{train,val}_images.npy      (N,) image paths relative to the image root
@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from errors import UserError
-from npy_io import load_npy
+from fileio import load_npy
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class DatasetSplits:
 
 def _prepare_command(data_dir: Path, dataset: str) -> str:
     if dataset == "digits":
-        return f"run `python preproc/format_digits.py --save-path {data_dir}`"
+        return f"run `python -m preproc.format_digits --save-path {data_dir}`"
     return f"see data/{dataset}/README.md to download and format it"
 
 
@@ -124,7 +124,7 @@ def load_split_files(data_dir: Path, split: str, dataset: str) -> tuple[np.ndarr
     if full is not None:
         _check_labels(full, (0, 1), full_path, len(names))
     obs_path = data_dir / f"formatted_{split}_labels_obs.npy"
-    obs = load_npy(obs_path, f"run `python preproc/generate_observed_labels.py --dataset {dataset} --data-dir {data_dir}`")
+    obs = load_npy(obs_path, f"run `python -m preproc.generate_observed_labels --dataset {dataset} --data-dir {data_dir}`")
     _check_labels(obs, (-1, 0, 1), obs_path, len(names))
     if full is not None and full.shape != obs.shape:
         raise UserError(f"{full_path} has shape {full.shape} but {obs_path} has {obs.shape}; regenerate the observed labels")
@@ -139,7 +139,7 @@ def load_splits(
     val_variant: str = "clean",
     check_images: bool = True,
 ) -> DatasetSplits:
-    """Train/val/test splits of a formatted dataset folder (SPEC §2 protocol)."""
+    """Train/val/test splits of a formatted dataset folder (the protocol of Cole et al. 2021)."""
     if not data_dir.is_dir():
         raise UserError(f"dataset folder {data_dir} does not exist: {_prepare_command(data_dir, dataset)}")
     names, full, obs = load_split_files(data_dir, "train", dataset)
@@ -176,7 +176,7 @@ class ImageDataset(Dataset):
     With `flip_views` the dataset flips images at random itself (the transform
     must not) and yields the *view index* `index + N` for a mirrored image: the
     row of that view in a (2N, C) table of per-view scores (VLPL's cached CLIP
-    pseudo-labels, see vlpl.py).
+    pseudo-labels, see methods/vlpl/loss.py).
     """
 
     def __init__(self, split: Split, transform, skip_unreadable: bool = False, flip_views: bool = False):

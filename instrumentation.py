@@ -12,14 +12,10 @@ import json
 import logging
 from pathlib import Path
 
-from atomic import write_text_atomic
 from errors import UserError
+from fileio import json_line, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 RUN_FILES = ("config.json", "train.log", "metrics.jsonl", "results.json", "search.json")  # all a run writes but checkpoints
@@ -63,7 +59,7 @@ class RunLog:
         self.info: dict = {}
         self.epochs: list[dict] = list(resumed_epochs or [])
         if resumed_epochs is not None:
-            lines = "".join(json.dumps(record) + "\n" for record in self.epochs)
+            lines = "".join(json_line(record) + "\n" for record in self.epochs)
             write_text_atomic(out / "metrics.jsonl", lines)
         self._handler = logging.FileHandler(out / "train.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -72,7 +68,7 @@ class RunLog:
     def log_epoch(self, record: dict, best: dict, status: str = "running") -> None:
         self.epochs.append(record)
         with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record) + "\n")
         self.write_results(best, status)
 
     def write_results(self, best: dict, status: str, **extra) -> None:

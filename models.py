@@ -20,27 +20,14 @@ from typing import Callable
 import torch
 from torch import nn
 from torchvision import models as tv
-from torchvision import transforms as T
 
 from errors import UserError
+from fileio import load_torch
+from methods.vlpl.towers import ClipSpec, clip_preprocess, create_clip
+from preprocess import Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def transform(self, train: bool, hflip: bool) -> Callable:
-        """Resize to a square, flip at train time if the dataset allows it, normalise."""
-        steps = [T.Resize((self.size, self.size))]
-        if train and hflip:
-            steps.append(T.RandomHorizontalFlip())
-        steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
-        return T.Compose(steps)
 
 
 @dataclass
@@ -77,8 +64,6 @@ def create_backbone(name: str, pretrained: bool, weights: Path | None = None, cl
         raise UserError(f"--pretrained-weights {weights}: no such file")
     pretrained = pretrained and entry.has_pretrained and weights is None
     if entry.uses_clip:
-        from clip_models import ClipSpec
-
         backbone = entry.factory(pretrained, clip or ClipSpec())
     else:
         backbone = entry.factory(pretrained)
@@ -128,10 +113,11 @@ def load_backbone_checkpoint(module: nn.Module, path: Path) -> None:
     Keys of layers the backbone dropped (a classifier head) are ignored; a
     checkpoint that leaves any backbone weight unset is refused.
     """
+    expected = "a PyTorch state dict (torch.save(model.state_dict()))"
     try:
-        state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as err:
-        raise UserError(f"--pretrained-weights {path} is not a readable PyTorch state dict ({err})") from err
+        state = _unwrap_state_dict(load_torch(path, "--pretrained-weights", expected))
+    except TypeError as err:
+        raise UserError(f"--pretrained-weights {path} holds {err}; expected {expected}") from err
     own = module.state_dict()
     best: dict = {}
     for prefix in ("", "module.", "backbone.", "visual.", "model.", "feature_extractor."):
@@ -231,8 +217,6 @@ register_backbone("convnext_xlarge_1k")(lambda pretrained: _timm_convnext_xlarge
 @register_backbone("clip_vision", uses_clip=True)
 def _clip_vision(pretrained: bool, clip) -> Backbone:
     """The CLIP image tower (fine-tuned); features = its projected image embedding, as in VLPL."""
-    from clip_models import ClipSpec, clip_preprocess, create_clip
-
     spec = clip if pretrained else ClipSpec(clip.model)  # --no-pretrained: the architecture only
     if not pretrained and not spec.is_config_file:
         import open_clip

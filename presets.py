@@ -1,8 +1,8 @@
-"""Per-dataset presets: layout on disk and the published hyperparameters.
+"""Per-dataset presets (layout on disk, the published hyperparameters) and the run-wide constants.
 
-Numbers are SPEC §2/§3 (Zhou et al. ECCV 2022 for batch/lr/alpha/beta/warm-up,
-Cole et al. CVPR 2021 for the expected number of positives used by EPR/ROLE).
-Explicit command-line flags override every field.
+Batch / lr / alpha / beta / warm-up are Zhou et al. (ECCV 2022), the expected number
+of positives (EPR, ROLE) Cole et al. (CVPR 2021). Explicit command-line flags
+override every field. This module imports nothing of spml: every layer may read it.
 """
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent
 DATA_ROOT = REPO_ROOT / "data"
+
+TRAIN_MODES = ("end_to_end", "linear_fixed_features", "linear_init")
+LINEAR_EPOCHS = 25  # Cole et al.'s epochs for the linear modes
+
+# Cole et al.'s hyperparameter grid (--search)
+SEARCH_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
+SEARCH_BSIZES = (8, 16)
+
+DEFAULT_CLIP_MODEL = "ViT-L-14-336"  # VLPL's openai/clip-vit-large-patch14-336
+DEFAULT_PROMPT = "a photo of a {}."
 
 
 @dataclass(frozen=True)

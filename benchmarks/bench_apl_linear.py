@@ -1,7 +1,7 @@
 """Benchmarks of issue 3: APL selection on a COCO-size score matrix, and a linear-mode epoch on
 COCO-size cached features (synthetic values, the real shapes).
 
-    python benchmarks/bench_apl_linear.py [--rows 65665] [--classes 80] [--dim 2048]
+    python -m benchmarks.bench_apl_linear [--rows 65665] [--classes 80] [--dim 2048]
 
 Prints the median APL selection time (target: well under 1 s) and the time of one
 linear_fixed_features training epoch, batch 16, EM_APL loss (target: seconds).
@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine import train_one_epoch  # noqa: E402
-from losses import LossHyper, create_loss  # noqa: E402
-from modes import FeatureDataset, _batches, single_thread_on_cpu  # noqa: E402
-from pseudo_negatives import select_pseudo_negatives  # noqa: E402
+from config import LossHyper
+from losses import create_loss
+from methods.apl import select_pseudo_negatives
+from modes.linear import FeatureDataset, _batches, single_thread_on_cpu
+from training.engine import train_one_epoch
 
 
 def bench_apl(rows: int, classes: int, repeats: int = 5) -> float:

@@ -1,17 +1,13 @@
 """Time `compute_metrics` on a COCO-test-sized score matrix (40,137 x 80); target: well under 1 s.
 
-    python benchmarks/bench_metrics.py [--repeats 5]
+    python -m benchmarks.bench_metrics [--repeats 5]
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from metrics import compute_metrics  # noqa: E402
+from metrics import compute_metrics
 
 
 def main() -> None:

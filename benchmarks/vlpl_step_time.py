@@ -1,7 +1,7 @@
 """Step time of EM_PL with cached CLIP scores against the reference's frozen-CLIP forward at every step.
 
-    python benchmarks/vlpl_step_time.py                                 # CPU, small models
-    python benchmarks/vlpl_step_time.py --device cuda --backbone resnet50 --size 448 \\
+    python -m benchmarks.vlpl_step_time                                 # CPU, small models
+    python -m benchmarks.vlpl_step_time --device cuda --backbone resnet50 --size 448 \\
         --clip-model ViT-L-14-336 --bsize 8                              # the paper's setting
 
 Both variants run the same training step (backbone forward/backward, Adam) with
@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from models import MultiLabelModel, create_backbone  # noqa: E402
-from vlpl import loss_em_pl, pseudo_labels  # noqa: E402
+from methods.vlpl import loss_em_pl, pseudo_labels
+from models import MultiLabelModel, create_backbone
 
 
 def _sync(device: torch.device) -> None:

@@ -1,6 +1,6 @@
 """Check a prepared dataset folder before spending GPU hours on it.
 
-    python preproc/check_dataset.py -d coco [--data-dir data/coco] [--workers 16] [--strict-counts]
+    python -m preproc.check_dataset -d coco [--data-dir data/coco] [--workers 16] [--strict-counts]
 
 Checks, for the official train and val (= test) splits:
 - the formatted files load and agree (shapes, 0/1 full labels, +1/0/-1 observed
@@ -28,14 +28,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from class_names import load_class_names  # noqa: E402
-from dataset_provenance import count_mismatch, dataset_variant  # noqa: E402
-from datasets import load_split_files, resolve_images  # noqa: E402
-from errors import UserError  # noqa: E402
-from presets import DATA_ROOT, PRESETS  # noqa: E402
+from class_names import load_class_names
+from dataset_provenance import count_mismatch, dataset_variant
+from datasets import load_split_files, resolve_images
+from errors import UserError
+from presets import DATA_ROOT, PRESETS
 
 SPLITS = {"train": "train (official train, split 80/20 into train/val at run time)", "val": "test (official val)"}
 SHOW = 5  # offenders named per problem

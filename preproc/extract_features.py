@@ -1,6 +1,6 @@
 """Extract a backbone's pooled features of every train and test image, once, for the linear modes.
 
-    python preproc/extract_features.py -d coco -m resnet50 [-g 0] [--bsize 64]
+    python -m preproc.extract_features -d coco -m resnet50 [-g 0] [--bsize 64]
 
 Writes `train_features_<backbone>.npy` (official train: our train + val) and
 `val_features_<backbone>.npy` (official val: our test) beside the formatted files,
@@ -21,15 +21,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets import ImageDataset, Split, load_split_files, resolve_images  # noqa: E402
-from errors import UserError  # noqa: E402
-from models import BACKBONES, Backbone  # noqa: E402
-from modes import create_feature_backbone, feature_path  # noqa: E402
-from npy_io import save_npy_atomic  # noqa: E402
-from presets import DATA_ROOT, PRESETS  # noqa: E402
+from datasets import ImageDataset, Split, load_split_files, resolve_images
+from errors import UserError
+from fileio import save_npy_atomic
+from models import BACKBONES, Backbone
+from modes.linear import create_feature_backbone, feature_path
+from presets import DATA_ROOT, PRESETS
 
 log = logging.getLogger("extract_features")
 

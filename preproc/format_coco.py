@@ -12,7 +12,7 @@ Rules, as the reference script:
 - image paths `{split}2014/COCO_{split}2014_<id, 12 digits>.jpg`, relative to the
   COCO folder; labels float64; the official `val2014` split is the test set.
 
-    python preproc/format_coco.py [--load-path data/coco --save-path data/coco]
+    python -m preproc.format_coco [--load-path data/coco --save-path data/coco]
 """
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from errors import UserError  # noqa: E402
-from preproc.format_io import FormattedSplit, format_parser, require, run_script, write_formatted  # noqa: E402
+from errors import UserError
+from preproc.format_io import (
+    FormattedSplit,
+    format_parser,
+    require,
+    run_script,
+    write_formatted,
+)
 
 DOWNLOAD_STEP = "download annotations_trainval2014.zip and unzip it there (see data/coco/README.md)"
 

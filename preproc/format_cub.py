@@ -17,7 +17,7 @@ Rules, as the reference script:
   appear exactly once, which gives the same matrix for the official file.
 - `attributes.txt` may also sit inside `CUB_200_2011/` (some mirrors).
 
-    python preproc/format_cub.py [--load-path data/cub --save-path data/cub]
+    python -m preproc.format_cub [--load-path data/cub --save-path data/cub]
 """
 from __future__ import annotations
 
@@ -26,12 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from class_names import read_class_file  # noqa: E402
-from errors import UserError  # noqa: E402
-from preproc.format_io import FormattedSplit, format_parser, read_lines, require, run_script, write_formatted  # noqa: E402
+from class_names import read_class_file
+from errors import UserError
+from preproc.format_io import (
+    FormattedSplit,
+    format_parser,
+    read_lines,
+    require,
+    run_script,
+    write_formatted,
+)
 
 DOWNLOAD_STEP = "download CUB_200_2011.tgz and extract it there (see data/cub/README.md)"
 NUM_ATTRIBUTES = 312

@@ -16,7 +16,7 @@ handwritten sample appears in both the train (official train) and the test
 
 A fixed seed makes the output byte-identical run to run.
 
-    python preproc/format_digits.py [--save-path data/digits]
+    python -m preproc.format_digits [--save-path data/digits]
 """
 from __future__ import annotations
 
@@ -30,12 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from class_names import DIGITS_CLASSES as CLASS_NAMES  # noqa: E402
-from dataset_provenance import DIGITS_VARIANT, write_variant  # noqa: E402
-from presets import DATA_ROOT  # noqa: E402
+from class_names import DIGITS_CLASSES as CLASS_NAMES
+from dataset_provenance import DIGITS_VARIANT, write_variant
+from presets import DATA_ROOT
 
 GRID, CELL = 3, 8
 NUM_TRAIN, NUM_TEST = 4000, 1000  # mosaics; train is later split 80/20 into train/val

@@ -26,8 +26,7 @@ import numpy as np
 from dataset_provenance import count_mismatch, write_variant
 from datasets import resolve_images
 from errors import UserError
-from atomic import write_text_atomic
-from npy_io import save_npy_atomic
+from fileio import save_npy_atomic, write_text_atomic
 from presets import DATA_ROOT, PRESETS
 
 log = logging.getLogger(__name__)

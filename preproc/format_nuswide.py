@@ -18,8 +18,8 @@ relative to `Flickr/` (where Flickr.zip unpacks); labels float64. Images with no
 positive are kept (as in the release) unless `--drop-unlabelled` is given,
 which yields the variant "official-labelled". `variant.json` records the choice.
 
-    python preproc/format_nuswide.py [--load-path data/nuswide --save-path data/nuswide] [--drop-unlabelled]
-    python preproc/format_nuswide.py --pre-formatted ~/Downloads/nuswide_cole
+    python -m preproc.format_nuswide [--load-path data/nuswide --save-path data/nuswide] [--drop-unlabelled]
+    python -m preproc.format_nuswide --pre-formatted ~/Downloads/nuswide_cole
 """
 from __future__ import annotations
 
@@ -29,14 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from class_names import NUSWIDE_CLASSES  # noqa: E402
-from dataset_provenance import dataset_variant  # noqa: E402
-from npy_io import load_npy  # noqa: E402
-from errors import UserError  # noqa: E402
-from preproc.format_io import FormattedSplit, format_parser, read_lines, run_script, write_formatted  # noqa: E402
+from class_names import NUSWIDE_CLASSES
+from dataset_provenance import dataset_variant
+from errors import UserError
+from fileio import load_npy
+from preproc.format_io import (
+    FormattedSplit,
+    format_parser,
+    read_lines,
+    run_script,
+    write_formatted,
+)
 
 log = logging.getLogger(__name__)
 

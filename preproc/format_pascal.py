@@ -12,7 +12,7 @@ Rules, as the reference script:
   `VOCdevkit/VOC2012/JPEGImages`; columns in the 20 classes' alphabetical order;
 - labels float64; the official `val` split is the test set.
 
-    python preproc/format_pascal.py [--load-path data/pascal --save-path data/pascal]
+    python -m preproc.format_pascal [--load-path data/pascal --save-path data/pascal]
 """
 from __future__ import annotations
 
@@ -22,12 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from class_names import PASCAL_CLASSES  # noqa: E402
-from errors import UserError  # noqa: E402
-from preproc.format_io import FormattedSplit, format_parser, read_lines, run_script, write_formatted  # noqa: E402
+from class_names import PASCAL_CLASSES
+from errors import UserError
+from preproc.format_io import (
+    FormattedSplit,
+    format_parser,
+    read_lines,
+    run_script,
+    write_formatted,
+)
 
 log = logging.getLogger(__name__)
 

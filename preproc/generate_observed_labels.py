@@ -11,7 +11,7 @@ negatives and keep the first `num_neg`. The negatives are shuffled even when
 `num_neg` is 0: that draw advances the generator, and skipping it would change
 every later row.
 
-    python preproc/generate_observed_labels.py --dataset coco [--num-pos 1 --num-neg 0 --seed 1200]
+    python -m preproc.generate_observed_labels --dataset coco [--num-pos 1 --num-neg 0 --seed 1200]
 """
 from __future__ import annotations
 
@@ -21,12 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from errors import UserError  # noqa: E402
-from npy_io import load_npy, save_npy_atomic  # noqa: E402
-from presets import DATA_ROOT, PRESETS  # noqa: E402
+from errors import UserError
+from fileio import load_npy, save_npy_atomic
+from presets import DATA_ROOT, PRESETS
 
 SPLITS = ("train", "val")
 

@@ -1,29 +1,53 @@
-"""Shared fixtures: the embedded digits dataset, built once per test session in a temp folder."""
+"""The one digits fixture: the embedded dataset built once per test run in a temp folder, and slices of it."""
 from __future__ import annotations
 
+import json
 import shutil
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fileio import save_npy_atomic
+from preproc.format_digits import format_digits
+from preproc.generate_observed_labels import generate_observed_labels
 
-from preproc.format_digits import format_digits  # noqa: E402
-from preproc.generate_observed_labels import generate_observed_labels  # noqa: E402
+SMALL_TRAIN, SMALL_TEST = 120, 60  # official train rows (our train + val) and test rows of `small_digits`
 
 
 @pytest.fixture(scope="session")
 def digits_master(tmp_path_factory) -> Path:
+    """The full digits dataset (4,000 / 1,000 images); read it, never change it."""
     root = tmp_path_factory.mktemp("digits")
     format_digits(root)
     generate_observed_labels(root)
     return root
 
 
+def slice_digits(master: Path, dst: Path, n_train: int, n_test: int, copy_images: bool) -> Path:
+    """The first rows of each official split of `master` in `dst`: its formatted files, and its
+    images copied (safe to damage) or the whole image folder linked."""
+    for split, n in (("train", n_train), ("val", n_test)):
+        for kind in ("images", "labels", "labels_obs"):
+            save_npy_atomic(dst / f"formatted_{split}_{kind}.npy", np.load(master / f"formatted_{split}_{kind}.npy")[:n])
+        if copy_images:
+            for name in np.load(dst / f"formatted_{split}_images.npy"):
+                (dst / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(master / "images" / name, dst / "images" / name)
+    if not copy_images:
+        (dst / "images").symlink_to(master / "images")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def small_digits(digits_master, tmp_path_factory) -> Path:
+    """120 official train / 60 test rows of digits with their own copies of the images: runs take seconds."""
+    return slice_digits(digits_master, tmp_path_factory.mktemp("small_digits"), SMALL_TRAIN, SMALL_TEST, copy_images=True)
+
+
 @pytest.fixture
 def digits_dir(digits_master: Path, tmp_path: Path) -> Path:
-    """A private copy of the formatted files (images shared by symlink), safe to corrupt."""
+    """A private copy of the full dataset's formatted files (images shared by symlink), safe to corrupt."""
     copy = tmp_path / "digits"
     copy.mkdir()
     for f in digits_master.iterdir():
@@ -32,3 +56,15 @@ def digits_dir(digits_master: Path, tmp_path: Path) -> Path:
         else:
             shutil.copy(f, copy / f.name)
     return copy
+
+
+# A CLIP small enough to run in a test, in open_clip's model-config format (randomly initialised).
+TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "tiny_clip.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    return path

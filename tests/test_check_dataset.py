@@ -82,7 +82,7 @@ def test_missing_observed_labels_and_escaping_path(tmp_path):
     report = checker.check_dataset("pascal", tmp_path, workers=1)
     text = "\n".join(report.problems)
     assert "outside the image root" in text
-    assert "formatted_val_labels_obs.npy" in text and "generate_observed_labels.py" in text
+    assert "formatted_val_labels_obs.npy" in text and "preproc.generate_observed_labels" in text
 
 
 def test_bad_arguments_exit_2(tmp_path, capsys):

@@ -18,37 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-from checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from config import parse_args
+from cli import parse_args
 from errors import UserError
-from losses import LOSSES, LossEntry, SPMLLoss, loss_an
+from losses import LOSSES, LossEntry, loss_an
 from main import main
-from npy_io import save_npy_atomic
-from presets import DATA_ROOT, REPO_ROOT
-
-N_TRAIN, N_TEST = 120, 60
-
-
-@pytest.fixture(scope="module")
-def small_digits(tmp_path_factory) -> Path:
-    """A dataset folder with the first rows of digits and copies of their images (so tests may damage them)."""
-    from preproc.format_digits import format_digits
-    from preproc.generate_observed_labels import generate_observed_labels
-
-    src = DATA_ROOT / "digits"
-    if not (src / "formatted_val_labels.npy").is_file():
-        format_digits(src)
-    if not (src / "formatted_val_labels_obs.npy").is_file():
-        generate_observed_labels(src)
-    dst = tmp_path_factory.mktemp("small_digits")
-    for split, n in (("train", N_TRAIN), ("val", N_TEST)):
-        for kind in ("images", "labels", "labels_obs"):
-            save_npy_atomic(dst / f"formatted_{split}_{kind}.npy", np.load(src / f"formatted_{split}_{kind}.npy")[:n])
-        for name in np.load(dst / f"formatted_{split}_images.npy"):
-            (dst / "images" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src / "images" / name, dst / "images" / name)
-    return dst
+from methods.base import SPMLLoss
+from presets import REPO_ROOT
+from training import checkpoint
+from training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 
 
 def flags(data: Path, out: Path, *extra: str) -> list[str]:
@@ -105,7 +82,7 @@ def test_atomic_checkpoint_write_survives_a_crash(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half a zip file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.torch, "save", crash_midway)
+    monkeypatch.setattr(torch, "save", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "epoch": 2})
     monkeypatch.undo()
@@ -121,16 +98,25 @@ class _Evil:
 
 def test_checkpoint_loading_refuses_pickles_and_damage(tmp_path):
     torch.save({"version": checkpoint.FORMAT_VERSION, "model": _Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="holds Python objects that are not loaded for safety") as err:
         load_checkpoint(tmp_path / "evil.pt")
+    assert "weights_only" not in str(err.value)  # never PyTorch's advice to unpickle it
     good = tmp_path / "good.pt"
     save_checkpoint(good, {"x": torch.ones(1)})
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="truncated or damaged PyTorch file; expected a run folder's last.pt"):
         load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "noise.pt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match="is not a PyTorch file"):
+        load_checkpoint(tmp_path / "noise.pt")
+    with pytest.raises(UserError, match="is a folder, not a file"):
+        load_checkpoint(tmp_path)
     torch.save({"version": 99}, tmp_path / "future.pt")
     with pytest.raises(UserError, match="format 1"):
         load_checkpoint(tmp_path / "future.pt")
+    torch.save({"conv.weight": torch.ones(1)}, tmp_path / "weights.pt")
+    with pytest.raises(UserError, match="not a spml checkpoint"):
+        load_checkpoint(tmp_path / "weights.pt")
 
 
 class _FailsAtEpoch2(SPMLLoss):
@@ -173,11 +159,13 @@ def test_interrupted_run_keeps_best_checkpoint_and_marks_results(small_digits, t
 
 
 def test_unreadable_image_stops_or_is_skipped_and_counted(small_digits, tmp_path, capsys):
+    from conftest import SMALL_TRAIN
+
     from datasets import SPLIT_SEED, VAL_FRAC, generate_split
 
     data = tmp_path / "data"
     shutil.copytree(small_digits, data)
-    train_idx, _ = generate_split(N_TRAIN, VAL_FRAC, SPLIT_SEED)
+    train_idx, _ = generate_split(SMALL_TRAIN, VAL_FRAC, SPLIT_SEED)
     bad = data / "images" / np.load(data / "formatted_train_images.npy")[train_idx[0]]
     bad.write_bytes(bad.read_bytes()[:40])  # a truncated PNG of the train split
 
@@ -196,7 +184,7 @@ def test_same_seed_same_metrics(small_digits, tmp_path):
 
 
 def test_resume_of_a_run_cut_before_its_first_epoch_starts_it_again(small_digits, tmp_path, monkeypatch, capsys):
-    import trainer
+    from training import trainer
 
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from config import parse_args
-from engine import TrainState
+from cli import parse_args
 from main import main
+from training.engine import TrainState
 
 FAST = ["-g", "cpu", "--num-workers", "0"]
 
@@ -18,10 +18,10 @@ def run_cli(capsys, *argv):
     return code, capsys.readouterr().err
 
 
-def test_end_to_end_on_digits(digits_dir, tmp_path, capsys):
+def test_end_to_end_on_digits(small_digits, tmp_path, capsys):
     out = tmp_path / "run"
-    code, err = run_cli(capsys, "-d", "digits", "-l", "EM", "--data-dir", str(digits_dir), "--epochs", "2",
-                        "--patience", "0", "--out", str(out), *FAST)
+    code, err = run_cli(capsys, "-d", "digits", "-l", "EM", "--data-dir", str(small_digits), "--epochs", "2",
+                        "--bsize", "8", "--patience", "0", "--out", str(out), *FAST)
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed"
@@ -30,14 +30,14 @@ def test_end_to_end_on_digits(digits_dir, tmp_path, capsys):
     assert results["best_epoch"] == best["epoch"]
     assert results["best_val_map"] == best["val_map"] and results["test_map"] == best["test_map"]
     assert 30 < results["test_map"] <= 100  # it learned something after two epochs
-    assert results["config"]["loss"] == "EM" and results["config"]["bsize"] == 32  # preset default
+    assert results["config"]["loss"] == "EM" and results["config"]["lr"] == 1e-3  # the digits preset
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert {"prec_at_1", "rec_at_3", "top_5", "cf1", "of1", "num_empty_classes"} <= set(results["epochs"][0]["test"])
     assert "best epoch" in err
     # a second run into the same folder is refused, the first one's files untouched
     before = (out / "results.json").read_bytes()
-    code, err = run_cli(capsys, "--data-dir", str(digits_dir), "--out", str(out), *FAST)
+    code, err = run_cli(capsys, "--data-dir", str(small_digits), "--out", str(out), *FAST)
     assert code == 2 and "already exists" in err
     assert (out / "results.json").read_bytes() == before
 
@@ -105,7 +105,7 @@ def corrupt(digits_dir, name, array):
 
 
 @pytest.mark.parametrize("damage, expected", [
-    (lambda d: (d / "formatted_train_labels_obs.npy").unlink(), "generate_observed_labels.py"),
+    (lambda d: (d / "formatted_train_labels_obs.npy").unlink(), "preproc.generate_observed_labels"),
     (lambda d: corrupt(d, "formatted_train_labels.npy", np.zeros((5, 10))), "expected (4000, C)"),
     (lambda d: corrupt(d, "formatted_val_labels_obs.npy", np.full((1000, 10), 2.0)), "allowed values are [-1, 0, 1]"),
     (lambda d: corrupt(d, "formatted_train_labels.npy", np.full((4000, 10), -1.0)), "allowed values are [0, 1]"),

@@ -6,7 +6,7 @@ import pytest
 
 from datasets import resolve_images
 from errors import UserError
-from npy_io import load_npy
+from fileio import load_npy
 
 
 @pytest.mark.parametrize("name", ["../secret.png", "a/../../secret.png", "/etc/passwd"])
@@ -38,5 +38,5 @@ def test_truncated_npy_is_refused(tmp_path, keep_bytes):
     path = tmp_path / "labels.npy"
     np.save(path, np.ones((50, 4), dtype=np.float32))
     path.write_bytes(path.read_bytes()[:keep_bytes])
-    with pytest.raises(UserError, match="not a readable .npy"):
+    with pytest.raises(UserError, match="is a truncated or damaged .npy file"):
         load_npy(path, "regenerate it")

@@ -1,4 +1,4 @@
-"""The observed-label sampler and the train/val split against their specifications (SPEC §2)."""
+"""The observed-label sampler and the train/val split against the references' protocol (Cole et al. 2021)."""
 import io
 
 import numpy as np
@@ -10,7 +10,7 @@ from preproc.generate_observed_labels import generate_observed_labels, observe_u
 
 
 def reference_procedure(labels, num_pos, num_neg, seed):
-    """SPEC §2 written out literally: per row, shuffle positives, keep num_pos; then the same for negatives."""
+    """The references' sampler written out literally: per row, shuffle positives, keep num_pos; then the same for negatives."""
     rng = np.random.RandomState(seed)
     obs = np.zeros_like(labels)
     for i in range(labels.shape[0]):

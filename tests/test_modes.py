@@ -3,19 +3,16 @@ end to end through `main([...])` on a tiny dataset folder built here (24x24 PNGs
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from config import parse_args  # noqa: E402
-from errors import UserError  # noqa: E402
-from main import main  # noqa: E402
-from preproc.extract_features import extract_features  # noqa: E402
+from cli import parse_args
+from errors import UserError
+from main import main
+from preproc.extract_features import extract_features
 
 NUM_TRAIN, NUM_TEST, C = 30, 10, 3
 FAST = ["-d", "digits", "-g", "cpu", "--num-workers", "0", "--bsize", "8"]
@@ -85,7 +82,7 @@ def test_missing_features_name_the_file_and_command(features_only, tmp_path, cap
                  "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "val_features_digits_cnn.npy" in err and "preproc/extract_features.py -d digits -m digits_cnn" in err
+    assert "val_features_digits_cnn.npy" in err and "preproc.extract_features -d digits -m digits_cnn" in err
     assert not (tmp_path / "run").exists()  # nothing half-written
 
 
@@ -109,6 +106,18 @@ def test_extract_then_linear_init(tiny, tmp_path):
     assert _results(out / "fine_tune")["status"] == "completed"
     top = _results(out)
     assert top["linear_phase"]["best_epoch"] >= 1 and np.isfinite(top["test_map"])
+
+
+def test_em_pl_in_a_linear_mode_gets_its_clip_pseudo_labels(tiny, tiny_clip, tmp_path):
+    """Every mode builds its loss the same way: the linear modes attach VLPL's CLIP scores too."""
+    extract_features("digits", "digits_cnn", tiny, tiny / "images", bsize=16, pretrained=False)
+    (tiny / "classes.txt").write_text("red\ngreen\nblue\n")
+    out = tmp_path / "run"
+    code = main([*FAST, "--data-dir", str(tiny), "-l", "EM_PL", "--clip-model", str(tiny_clip), "-th", "0.3",
+                 "--train-mode", "linear_fixed_features", "--epochs", "2", "--out", str(out)])
+    assert code == 0
+    assert _results(out)["status"] == "completed"
+    assert len(list((tiny / "clip_scores").glob("*.npy"))) == 1  # one view per image: features are never flipped
 
 
 def test_search_grid_keeps_every_run_and_picks_best_val(features_only, tmp_path):
@@ -136,7 +145,7 @@ def test_apl_warmup_past_the_run_is_a_user_error(features_only, tmp_path, capsys
 
 def _ctrl_c_in_phase(monkeypatch, phase: int, after_epochs: int) -> None:
     """Ctrl-C in this process's `phase`-th training phase, once `after_epochs` epochs of it are checkpointed."""
-    import trainer
+    from training import trainer
 
     real_fit, calls = trainer.fit, []
 
@@ -162,7 +171,7 @@ def _epochs(run_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize("after_epochs", [0, 1])  # fine-tuning cut before its first epoch ended, or after it
 def test_linear_init_resumes_phase_by_phase(tiny, tmp_path, monkeypatch, after_epochs):
-    from models import Preprocess
+    from preprocess import Preprocess
 
     extract_features("digits", "digits_cnn", tiny, tiny / "images", bsize=16, pretrained=False)
     # random flips at train time: fine-tuning draws from the global RNG (as on the real datasets), so a

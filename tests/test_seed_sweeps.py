@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import summarize  # scripts/, on pytest's pythonpath
+from conftest import slice_digits
 
 from presets import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-import summarize  # noqa: E402
 
 
 def fake_run(folder: Path, seed: int, test_map: float, val_map: float = 80.0, status: str = "completed", **config):
@@ -68,29 +67,10 @@ def test_summary_refuses_a_repeated_seed(tmp_path, capsys):
     assert "appear twice" in capsys.readouterr().err
 
 
-def digits_subset(folder: Path, n: int = 160) -> Path:
-    """The first `n` official train and val rows of digits, reading the images in place."""
-    import numpy as np
-
-    from npy_io import save_npy_atomic
-    from preproc.format_digits import format_digits
-    from preproc.generate_observed_labels import generate_observed_labels
-    from presets import DATA_ROOT
-
-    src = DATA_ROOT / "digits"
-    if not (src / "formatted_val_labels.npy").is_file():
-        format_digits(src)
-    if not (src / "formatted_val_labels_obs.npy").is_file():
-        generate_observed_labels(src)
-    for split in ("train", "val"):
-        for kind in ("images", "labels", "labels_obs"):
-            save_npy_atomic(folder / f"formatted_{split}_{kind}.npy", np.load(src / f"formatted_{split}_{kind}.npy")[:n])
-    return src / "images"
-
-
-def test_sweep_script_on_digits_two_seeds(tmp_path):
-    out, data = tmp_path / "sweep", tmp_path / "digits"
-    images = digits_subset(data)
+def test_sweep_script_on_digits_two_seeds(digits_master, tmp_path):
+    out = tmp_path / "sweep"
+    data = slice_digits(digits_master, tmp_path / "digits", 160, 160, copy_images=False)
+    images = data / "images"
     script = REPO_ROOT / "scripts" / "sweep_seeds.sh"
     env = {**os.environ, "PYTHON": sys.executable}
     args = [str(script), str(out), "1 2", "-g", "cpu", "-l", "EM", "--epochs", "1",

@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import clip_scores
 import models
-from clip_models import ClipSpec
+from config import LossHyper
 from errors import UserError
-from losses import LossHyper, create_loss, loss_em
+from losses import create_loss, loss_em
 from main import main
+from methods.vlpl import VLPLLoss, loss_em_pl, loss_em_pl_asl, pseudo_labels
+from methods.vlpl import scores as clip_scores
+from methods.vlpl.towers import ClipSpec
 from models import BACKBONES, create_backbone
-from vlpl import VLPLLoss, loss_em_pl, loss_em_pl_asl, pseudo_labels
-
-TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
 def nl(x: float) -> float:  # the references' -log(x + 1e-5)
@@ -28,29 +26,6 @@ def nl(x: float) -> float:  # the references' -log(x + 1e-5)
 
 def H(p: float) -> float:
     return p * nl(p) + (1 - p) * nl(1 - p)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "tiny_clip.json"
-    path.write_text(json.dumps(TINY_CLIP))
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_digits(tmp_path_factory):
-    """The digits dataset cut to 120 train / 60 test images (its images shared through a symlink)."""
-    from preproc.format_digits import format_digits
-    from preproc.generate_observed_labels import generate_observed_labels
-
-    full = format_digits(tmp_path_factory.mktemp("digits_full"))
-    small = tmp_path_factory.mktemp("digits_small")
-    (small / "images").symlink_to(full / "images")
-    for split, n in (("train", 120), ("val", 60)):
-        for kind in ("images", "labels"):
-            np.save(small / f"formatted_{split}_{kind}.npy", np.load(full / f"formatted_{split}_{kind}.npy")[:n])
-    generate_observed_labels(small)
-    return small
 
 
 # --- the pseudo-label rule -------------------------------------------------------
@@ -157,7 +132,7 @@ def test_warmup_is_em_then_pseudo_labels_of_the_fed_view(name):
 
 def test_flip_view_dataset_reports_the_flip_in_the_index(small_digits):
     from datasets import ImageDataset, load_splits
-    from models import Preprocess
+    from preprocess import Preprocess
 
     train = load_splits(small_digits, "digits", small_digits / "images").train
     tf = Preprocess(24, (0.5,) * 3, (0.5,) * 3).transform(train=False, hflip=False)
@@ -211,7 +186,7 @@ def test_named_clip_model_without_weights_says_what_to_place(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    from clip_models import create_clip
+    from methods.vlpl.towers import create_clip
 
     with pytest.raises(UserError, match="vit_base_patch32_clip_224.openai.*--clip-weights"):
         create_clip(ClipSpec("ViT-B-32"))

@@ -15,17 +15,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Callable
 
-from engine import NonFiniteLoss
+from config import Config
 from errors import UserError
-from instrumentation import claim_run_folder, run_results, write_json_atomic
-from trainer import restart_if_unstarted
+from fileio import write_json_atomic
+from instrumentation import claim_run_folder, run_results
+from modes.single import run_single
+from training.engine import NonFiniteLoss
+from training.trainer import restart_if_unstarted
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LRS = (1e-2, 1e-3, 1e-4, 1e-5)
-DEFAULT_BSIZES = (8, 16)
 DIVERGED = {"best_epoch": 0, "best_val_map": math.nan, "test_map": math.nan}
 
 
@@ -49,8 +49,8 @@ def _finished(out) -> tuple[dict, str] | None:
     return None
 
 
-def run_search(cfg, run_once: Callable) -> dict:
-    """Run `run_once` on every grid point; returns the best row plus the whole grid."""
+def run_search(cfg: Config) -> dict:
+    """One run on every grid point; returns the best row plus the whole grid."""
     if not cfg.resume:
         claim_run_folder(cfg.out, cfg.to_dict())  # what --resume reads
     rows: list[dict] = []
@@ -64,7 +64,7 @@ def run_search(cfg, run_once: Callable) -> dict:
                 log.info(f"search: lr {lr:g}, batch {bsize} -> {point.out}")
                 point = restart_if_unstarted(point, point.out)
                 try:
-                    summary, status = run_once(point), "completed"
+                    summary, status = run_single(point), "completed"
                 except NonFiniteLoss as err:
                     log.warning(f"search: lr {lr:g}, batch {bsize} diverged: {err}")
                     summary, status = DIVERGED, "diverged"

@@ -1,10 +1,10 @@
-"""VLPL (Xing et al. 2024): CLIP pseudo-labels and the `EM_PL` / `EM_PL_ASL` losses (SPEC §3).
+"""VLPL (Xing et al. 2024): CLIP pseudo-labels and the `EM_PL` / `EM_PL_ASL` losses.
 
 Pseudo-label rule, per training image (and per view when the train transform
 flips): s = softmax(cos(image, text_c) / T) over classes; s_c > threshold ->
 pseudo-positive; the floor(partial x C) lowest classes -> pseudo-negative
 (applied after the positives, so it wins, as in the reference). The frozen CLIP
-cosines come from `clip_scores` (computed once, cached); the rule runs once at
+cosines come from `scores.py` (computed once, cached); the rule runs once at
 set-up on the whole (V*N, C) table, then each step only indexes it.
 
 Flips: the reference scores the image actually fed, flipped or not. Here the
@@ -23,7 +23,7 @@ Losses, per entry, with p = sigmoid(logit), targets +1/0/-1 and pseudo-labels q
                unknown: -(1-p)^gamma_unknown H(p)          (no alpha, no beta: as the reference)
 
 Observed negatives (only with --num-neg > 0) train as -log(1-p), as in every
-loss of `losses.py`. The reference's EM_PL leaves pseudo-negatives out of the
+loss of this tool. The reference's EM_PL leaves pseudo-negatives out of the
 loss (its beta_neg term is commented out): beta_neg = 0 reproduces that. Its
 EM_PL_ASL computes a clipped (clip 0.05) negative probability and never uses
 it; matching its values means no clipping here either.
@@ -32,13 +32,23 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 
-from datasets import Split
+from config import LossHyper
 from errors import UserError
-from losses import LOSSES, LossEntry, LossHyper, SPMLLoss, Terms, entropy, loss_em, neg_log, reduce
+from methods.base import (
+    Builder,
+    SPMLLoss,
+    Terms,
+    entropy,
+    loss_em,
+    neg_log,
+    per_code,
+    reduce,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +73,17 @@ def pseudo_labels(cosines: torch.Tensor, temp: float, threshold: float, partial:
     return labels
 
 
-def _per_code(targets: torch.Tensor, pseudo: torch.Tensor, obs_pos, obs_neg, pl_pos, pl_neg, unknown) -> torch.Tensor:
+def _with_pseudo(targets: torch.Tensor, pseudo: torch.Tensor, obs_pos, obs_neg, pl_pos, pl_neg, unknown) -> torch.Tensor:
     """Per-entry loss: observed labels first, then the pseudo-label of an unknown entry."""
-    zero = torch.zeros((), dtype=unknown.dtype, device=unknown.device)
-    is_unknown = targets == 0
-    return (torch.where(targets == 1, obs_pos, zero) + torch.where(targets == -1, obs_neg, zero)
-            + torch.where(is_unknown & (pseudo == 1), pl_pos, zero)
-            + torch.where(is_unknown & (pseudo == -1), pl_neg, zero)
-            + torch.where(is_unknown & (pseudo == 0), unknown, zero))
+    unknown = torch.where(pseudo == 1, pl_pos, torch.where(pseudo == -1, pl_neg, unknown))
+    return per_code(targets, obs_pos, unknown, obs_neg)
 
 
 def loss_em_pl(logits: torch.Tensor, targets: torch.Tensor, pseudo: torch.Tensor, alpha: float, beta_pos: float,
                beta_neg: float = 0.0) -> Terms:
     p = torch.sigmoid(logits)
     pos, neg = neg_log(p), neg_log(1 - p)
-    return {"main": reduce(_per_code(targets, pseudo, pos, neg, beta_pos * (0.9 * pos + 0.1 * neg),
+    return {"main": reduce(_with_pseudo(targets, pseudo, pos, neg, beta_pos * (0.9 * pos + 0.1 * neg),
                                      beta_neg * (0.1 * pos + 0.9 * neg), -alpha * entropy(p)))}
 
 
@@ -85,7 +91,7 @@ def loss_em_pl_asl(logits: torch.Tensor, targets: torch.Tensor, pseudo: torch.Te
                    gamma_unknown: float, gamma_neg: float) -> Terms:
     p = torch.sigmoid(logits)
     focal_pos = (1 - p) ** gamma_pos * neg_log(p)
-    return {"main": reduce(_per_code(targets, pseudo, focal_pos, neg_log(1 - p), focal_pos,
+    return {"main": reduce(_with_pseudo(targets, pseudo, focal_pos, neg_log(1 - p), focal_pos,
                                      p ** gamma_neg * neg_log(1 - p), -((1 - p) ** gamma_unknown) * entropy(p)))}
 
 
@@ -93,6 +99,14 @@ class VLPLLoss(SPMLLoss):
     """EM during the warm-up, then `fn` with the pseudo-labels of each sample's view."""
 
     needs_clip_scores = True
+
+    @classmethod
+    def builder(cls, fn: Callable[..., Terms], *hparams: str) -> Builder:
+        """The builder of a VLPL loss `fn` reading the named `LossHyper` fields."""
+        def build(hp: LossHyper, num_examples: int, num_classes: int) -> "VLPLLoss":
+            return cls(fn, hp, num_examples, num_classes, **{name: getattr(hp, name) for name in hparams})
+
+        return build
 
     def __init__(self, fn, hp: LossHyper, num_examples: int, num_classes: int, **hparams):
         super().__init__()
@@ -125,19 +139,6 @@ class VLPLLoss(SPMLLoss):
         return self.fn(logits, targets, self.pseudo[index], **self.hparams)
 
 
-def _register(name: str, fn, hparams: tuple[str, ...], help: str) -> None:
-    def build(hp: LossHyper, num_examples: int, num_classes: int) -> SPMLLoss:
-        return VLPLLoss(fn, hp, num_examples, num_classes, **{k: getattr(hp, k) for k in hparams})
-
-    LOSSES[name] = LossEntry(build, "observed", help, defaults=vlpl_defaults)
-
-
-_register("EM_PL", loss_em_pl, ("alpha", "beta_pos", "beta_neg"),
-          "VLPL: EM plus frozen-CLIP pseudo-labels (Xing et al.)")
-_register("EM_PL_ASL", loss_em_pl_asl, ("gamma_pos", "gamma_unknown", "gamma_neg"),
-          "VLPL with focal weights on positives, unknowns and pseudo-negatives")
-
-
 def check_vlpl_settings(hp: LossHyper) -> None:
     """Cross-field checks of the pseudo-label flags, naming the flag."""
     if not hp.temp > 0 or not math.isfinite(hp.temp):
@@ -146,16 +147,3 @@ def check_vlpl_settings(hp: LossHyper) -> None:
         raise UserError(f"-th/--pl-threshold must be in [0, 1), got {hp.pl_threshold}")
     if not 0.0 <= hp.partial < 1.0:
         raise UserError(f"-p/--partial must be in [0, 1), got {hp.partial}")
-
-
-def attach_clip_pseudo_labels(loss_fn: VLPLLoss, cfg, train: Split, views: int, device: torch.device) -> None:
-    """Score the train set with frozen CLIP (or reuse the cache) and hand the cosines to the loss."""
-    from class_names import load_class_names
-    from clip_models import ClipSpec
-    from clip_scores import train_similarities
-
-    names = load_class_names(cfg.dataset, cfg.data_dir, train.labels.shape[1])
-    cosines = train_similarities(cfg.dataset, cfg.data_dir, train.images, names,
-                                 ClipSpec(cfg.clip_model, cfg.clip_weights), views, device,
-                                 cfg.text_features, cfg.prompt_template, cfg.num_workers)
-    loss_fn.set_clip_cosines(cosines)

@@ -21,11 +21,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from engine import NonFiniteLoss, TrainState, fit
+from config import Config
 from errors import UserError
 from instrumentation import RUN_FILES, RunLog, run_status
-from losses import SPMLLoss
+from methods.base import SPMLLoss
+from training.checkpoint import (
+    BEST,
+    LAST,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from training.engine import NonFiniteLoss, TrainState, fit
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +51,7 @@ def _train_state(out: Path, ckpt: dict | None) -> TrainState:
     return state
 
 
-def _checkpoint_of(cfg, out: Path) -> dict | None:
+def _checkpoint_of(cfg: Config, out: Path) -> dict | None:
     if not cfg.resume:
         return None
     if run_status(out) == "completed":
@@ -56,7 +64,7 @@ def _checkpoint_of(cfg, out: Path) -> dict | None:
     return ckpt
 
 
-def train_and_record(cfg, out: Path, model: nn.Module, loss_fn: SPMLLoss, loaders: dict[str, DataLoader],
+def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss, loaders: dict[str, DataLoader],
                      epochs: int, info: dict | None = None) -> TrainState:
     """Train `epochs` epochs into the run folder `out` (resumed from its last.pt with --resume)."""
     device = torch.device(cfg.device)
@@ -107,7 +115,7 @@ def train_and_record(cfg, out: Path, model: nn.Module, loss_fn: SPMLLoss, loader
         run_log.close()
 
 
-def restart_if_unstarted(cfg, out: Path):
+def restart_if_unstarted(cfg: Config, out: Path) -> Config:
     """Under --resume, a run or phase killed before its first epoch ended holds no checkpoint and
     no finished epoch, only the files its run log writes (no training to lose): they are removed
     and the config comes back with resume off, so it starts afresh. A folder holding anything
@@ -127,7 +135,7 @@ def restart_if_unstarted(cfg, out: Path):
     return dataclasses.replace(cfg, resume=False)
 
 
-def resumed_phase(cfg, out: Path, loss_fn: SPMLLoss | None = None) -> tuple[object, TrainState | None]:
+def resumed_phase(cfg: Config, out: Path, loss_fn: SPMLLoss | None = None) -> tuple[Config, TrainState | None]:
     """How a --resume goes on with the phase whose folder is `out`: (config to train it with, final state).
 
     A completed phase is not trained again: its final state comes back (best weights

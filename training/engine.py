@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from errors import UserError
 from instrumentation import RunLog, epoch_line
-from losses import SPMLLoss
+from methods.base import SPMLLoss
 from metrics import compute_metrics
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ key hashes the dataset, the CLIP model (name/config, weights file), the text sid
 (class prompts, or the bytes of `--text-features`), the image list and the views,
 so any change recomputes and a later run with the same inputs reuses the file
 without even loading CLIP. Temperature, threshold and partial act on these
-cosines later (`vlpl.pseudo_labels`), so changing them reuses the cache too.
+cosines later (`loss.pseudo_labels`), so changing them reuses the cache too.
 """
 from __future__ import annotations
 
@@ -28,16 +28,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from clip_models import ClipSpec, clip_preprocess, create_clip, tokenizer
 from datasets import ImageDataset, Split
 from errors import UserError
-from instrumentation import write_json_atomic
-from npy_io import load_npy, save_npy_atomic
+from fileio import load_npy, save_npy_atomic, write_json_atomic
+from methods.vlpl.towers import ClipSpec, clip_preprocess, create_clip, tokenizer
+from presets import DEFAULT_PROMPT
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1  # bump when the scoring itself changes
-DEFAULT_PROMPT = "a photo of a {}."
 
 
 def load_text_features(path: Path, num_classes: int) -> np.ndarray:

@@ -25,8 +25,9 @@ from typing import Callable
 
 import torch
 
+from config import LossHyper
 from errors import UserError
-from losses import LOSSES, LossEntry, LossHyper, SPMLLoss, Terms, entropy, neg_log, reduce
+from methods.base import SPMLLoss, Terms, entropy, neg_log, per_code, reduce
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,9 @@ def loss_em_apl(logits: torch.Tensor, targets: torch.Tensor, soft_targets: torch
     `pseudo` (bool, B x C) marks pseudo-labelled entries, `soft_targets` holds their s.
     """
     p = torch.sigmoid(logits)
-    zero = torch.zeros((), dtype=p.dtype, device=p.device)
     soft = beta * (soft_targets * neg_log(p) + (1 - soft_targets) * neg_log(1 - p))
     unknown = torch.where(pseudo, soft, -alpha * entropy(p))
-    loss = (torch.where(targets == 1, neg_log(p), zero)
-            + torch.where(targets == 0, unknown, zero)
-            + torch.where(targets == -1, neg_log(1 - p), zero))
-    return {"main": reduce(loss)}
+    return {"main": reduce(per_code(targets, neg_log(p), unknown, neg_log(1 - p)))}
 
 
 def select_pseudo_negatives(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -70,6 +67,10 @@ def select_pseudo_negatives(scores: torch.Tensor, candidates: torch.Tensor, coun
 
 class EmAplLoss(SPMLLoss):
     """EM + APL; the soft negatives are indexed by the example index of each batch."""
+
+    @classmethod
+    def from_hyper(cls, hp: LossHyper, num_examples: int, num_classes: int) -> "EmAplLoss":
+        return cls(num_examples, num_classes, hp.alpha, hp.beta, hp.warmup_epochs, hp.epochs)
 
     def __init__(self, num_examples: int, num_classes: int, alpha: float, beta: float, warmup_epochs: int, epochs: int):
         super().__init__()
@@ -107,11 +108,3 @@ class EmAplLoss(SPMLLoss):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, warmup_epochs={self.warmup_epochs}, epochs={self.epochs}"
-
-
-def _build(hp: LossHyper, num_examples: int, num_classes: int) -> SPMLLoss:
-    return EmAplLoss(num_examples, num_classes, hp.alpha, hp.beta, hp.warmup_epochs, hp.epochs)
-
-
-LOSSES["EM_APL"] = LossEntry(_build, "observed", "EM + asymmetric pseudo-labelling: soft negatives from --warmup-epochs "
-                                                  "on, weight --beta (Zhou et al.)")

@@ -19,27 +19,34 @@ so the fine-tuned network is the one the linear classifier was trained on.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+)
 
-from datasets import SPLIT_SEED, VAL_FRAC, generate_split, load_splits
+from config import Config
+from datasets import SPLIT_SEED, VAL_FRAC, DatasetSplits, generate_split, load_splits
 from errors import UserError
-from instrumentation import claim_run_folder, write_json_atomic
-from losses import LOSSES, SPMLLoss, create_loss
+from fileio import load_npy, write_json_atomic
+from instrumentation import claim_run_folder
+from losses import LOSSES
+from methods.base import SPMLLoss
 from models import Backbone, create_backbone
-from npy_io import load_npy
-from trainer import resumed_phase, train_and_record
+from modes.end_to_end import train_end_to_end
+from modes.setup import build_loss
+from training.trainer import resumed_phase, train_and_record
 
 log = logging.getLogger(__name__)
 
-TRAIN_MODES = ("end_to_end", "linear_fixed_features", "linear_init")
 FEATURE_SEED = 0  # initialisation of a backbone that has no pretrained weights, for features and fine-tuning
 
 
@@ -57,7 +64,7 @@ def create_feature_backbone(name: str, pretrained: bool) -> Backbone:
 
 def load_features(data_dir: Path, split: str, dataset: str, backbone: str, num_rows: int) -> np.ndarray:
     path = feature_path(data_dir, split, backbone)
-    fix = f"run `python preproc/extract_features.py -d {dataset} -m {backbone} --data-dir {data_dir}`"
+    fix = f"run `python -m preproc.extract_features -d {dataset} -m {backbone} --data-dir {data_dir}`"
     features = load_npy(path, fix)
     if features.ndim != 2 or features.shape[0] != num_rows:
         raise UserError(f"{path} has shape {features.shape} but its label files have {num_rows} rows; "
@@ -90,9 +97,9 @@ def _batches(dataset: FeatureDataset, bsize: int, shuffle: bool, seed: int) -> D
     return DataLoader(dataset, sampler=BatchSampler(rows, bsize, drop_last=False), batch_size=None, generator=generator)
 
 
-def feature_loaders(cfg, label_view: str) -> tuple[dict[str, DataLoader], int, int]:
-    """Loaders over cached features (train, train_eval, val, test), the feature size and the class count."""
-    splits = load_splits(cfg.data_dir, cfg.dataset, cfg.image_root, label_view, cfg.val_set_variant,
+def feature_loaders(cfg: Config) -> tuple[dict[str, DataLoader], int, DatasetSplits]:
+    """Loaders over cached features (train, train_eval, val, test), the feature size and the splits."""
+    splits = load_splits(cfg.data_dir, cfg.dataset, cfg.image_root, LOSSES[cfg.loss].label_view, cfg.val_set_variant,
                          check_images=False)
     num_official_train = len(splits.train.images) + len(splits.val.images)
     train_idx, val_idx = generate_split(num_official_train, VAL_FRAC, SPLIT_SEED)  # the rows load_splits took
@@ -107,7 +114,7 @@ def feature_loaders(cfg, label_view: str) -> tuple[dict[str, DataLoader], int, i
         "val": _batches(FeatureDataset(features[val_idx], splits.val.labels), cfg.bsize, False, cfg.seed),
         "test": _batches(FeatureDataset(test_features, splits.test.labels), cfg.bsize, False, cfg.seed),
     }
-    return loaders, features.shape[1], splits.num_classes
+    return loaders, features.shape[1], splits
 
 
 @contextlib.contextmanager
@@ -125,23 +132,17 @@ def single_thread_on_cpu(device: torch.device):
         torch.set_num_threads(threads)
 
 
-EndToEnd = Callable[..., dict]  # main.train_end_to_end(cfg, out, init=None) -> summary
-
-
-def run_linear_mode(cfg, train_end_to_end: EndToEnd) -> dict:
-    """`linear_fixed_features`, or `linear_init` (then `train_end_to_end` fine-tunes from the linear phase).
+def run_linear_mode(cfg: Config) -> dict:
+    """`linear_fixed_features`, or `linear_init` (then end-to-end fine-tuning from the linear phase).
 
     linear_init keeps its phases in `<out>/linear/` and `<out>/fine_tune/`; --resume skips
     a completed phase and resumes the other (trainer.resumed_phase).
     """
-    label_view = LOSSES[cfg.loss].label_view
-    loaders, feature_dim, num_classes = feature_loaders(cfg, label_view)
+    loaders, feature_dim, splits = feature_loaders(cfg)
     device = torch.device(cfg.device)
     linear_epochs = cfg.epochs if cfg.train_mode == "linear_fixed_features" else cfg.linear_epochs
-    hyper = dataclasses.replace(cfg.hyper, epochs=linear_epochs)
-    classifier = nn.Linear(feature_dim, num_classes).to(device)
-    loss_fn = create_loss(cfg.loss, hyper, len(loaders["train"].dataset), num_classes).to(device)
-    loss_fn.attach_train_labels(loaders["train"].dataset.labels)
+    classifier = nn.Linear(feature_dim, splits.num_classes).to(device)
+    loss_fn = build_loss(cfg, splits.train, splits.num_classes, device, linear_epochs)
     if cfg.train_mode == "linear_fixed_features":
         with single_thread_on_cpu(device):
             return train_and_record(cfg, cfg.out, classifier, loss_fn, loaders, linear_epochs).summary()
@@ -152,7 +153,7 @@ def run_linear_mode(cfg, train_end_to_end: EndToEnd) -> dict:
     if linear is None:
         with single_thread_on_cpu(device):
             linear = train_and_record(linear_cfg, cfg.out / "linear", classifier, loss_fn, loaders, linear_epochs)
-    carried = loss_fn.state_dict() if getattr(loss_fn, "carries_state_across_phases", False) else None
+    carried = loss_fn.state_dict() if loss_fn.carries_state_across_phases else None
 
     def init(model: nn.Module, fine_tune_loss: SPMLLoss) -> None:
         model.backbone.load_state_dict(create_feature_backbone(cfg.model, cfg.pretrained).features.state_dict())

@@ -21,8 +21,16 @@ import math
 import torch
 from torch import nn
 
+from config import LossHyper
 from errors import UserError
-from losses import LOSSES, LossEntry, LossHyper, SPMLLoss, Terms, _masked, expected_positive_reg, neg_log, reduce
+from methods.base import (
+    SPMLLoss,
+    Terms,
+    expected_positive_reg,
+    neg_log,
+    per_code,
+    reduce,
+)
 
 LR_MULT = 10.0  # the estimator's learning rate relative to the classifier's (Cole et al.)
 INIT_UNKNOWN = 0.6  # unknown entries start with probabilities uniform in (0.4, 0.6)
@@ -40,8 +48,8 @@ def loss_role(logits: torch.Tensor, targets: torch.Tensor, estimates: torch.Tens
     q = estimates
     zero = torch.zeros_like(p)
     # An observed negative (--num-neg > 0; the reference has none) is a negative for both f and g.
-    observed = 0.5 * (_masked(targets, neg_log(p), zero, neg_log(1 - p))
-                      + _masked(targets, neg_log(q), zero, neg_log(1 - q)))
+    observed = 0.5 * (per_code(targets, neg_log(p), zero, neg_log(1 - p))
+                      + per_code(targets, neg_log(q), zero, neg_log(1 - q)))
     q_fixed, p_fixed = q.detach(), p.detach()
     cross = 0.5 * (q_fixed * neg_log(p) + (1 - q_fixed) * neg_log(1 - p)
                    + p_fixed * neg_log(q) + (1 - p_fixed) * neg_log(1 - q))
@@ -53,6 +61,10 @@ class RoleLoss(SPMLLoss):
     """ROLE with its label estimator; indexed by the example index of each batch."""
 
     carries_state_across_phases = True  # linear_init fine-tunes from the linear phase's estimates, as Cole's code
+
+    @classmethod
+    def from_hyper(cls, hp: LossHyper, num_examples: int, num_classes: int) -> "RoleLoss":
+        return cls(num_examples, num_classes, hp.expected_pos)
 
     def __init__(self, num_examples: int, num_classes: int, expected_pos: float):
         super().__init__()
@@ -75,7 +87,7 @@ class RoleLoss(SPMLLoss):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor | None) -> Terms:
         if index is None or index.dtype not in (torch.int64, torch.int32) or index.shape != logits.shape[:1]:
             raise UserError("role needs the example index of every training row (a batch of (input, labels, index)); "
-                            "use the datasets of datasets.py or modes.py, which carry it")
+                            "use the datasets of datasets.py or modes/linear.py, which carry it")
         estimates = torch.sigmoid(self.label_logits[index])
         return loss_role(logits, targets, estimates, self.expected_pos)
 
@@ -85,11 +97,3 @@ class RoleLoss(SPMLLoss):
 
     def extra_repr(self) -> str:
         return f"label matrix {tuple(self.label_logits.shape)}, expected_pos={self.expected_pos}, lr x{LR_MULT:g}"
-
-
-def _build(hp: LossHyper, num_examples: int, num_classes: int) -> SPMLLoss:
-    return RoleLoss(num_examples, num_classes, hp.expected_pos)
-
-
-LOSSES["role"] = LossEntry(_build, "observed", "regularised online label estimation: a learned N x C label matrix "
-                                                "at lr x10 + EPR (Cole et al.)")

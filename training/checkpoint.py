@@ -20,31 +20,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomic import write_atomic
 from errors import UserError
+from fileio import load_torch, save_torch_atomic
 
 FORMAT_VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """`torch.save` through a temporary file + fsync + rename: the old file stays whole until the new one is."""
-    write_atomic(path, lambda f: torch.save({"version": FORMAT_VERSION, **payload}, f))
+    """Through a temporary file + fsync + rename: the old file stays whole until the new one is."""
+    save_torch_atomic(path, {"version": FORMAT_VERSION, **payload})
 
 
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint's contents; refuses missing, corrupt, pickle-bearing or other-version files."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass a run folder's last.pt or best.pt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle (UnpicklingError), not a torch file...
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read checkpoint {path}: {first_line}") from err
+    expected = "a run folder's last.pt or best.pt"
+    ckpt = load_torch(path, "checkpoint", expected)
     if not isinstance(ckpt, dict) or ckpt.get("version") != FORMAT_VERSION:
-        found = ckpt.get("version") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UserError(f"{path} is not a spml checkpoint of format {FORMAT_VERSION} (found {found!r})")
+        found = f"format {ckpt.get('version')!r}" if isinstance(ckpt, dict) and "version" in ckpt else \
+            f"a {type(ckpt).__name__} without spml's format version"
+        raise UserError(f"{path} is not a spml checkpoint of format {FORMAT_VERSION} (it holds {found}); "
+                        f"expected {expected}")
     return ckpt
 
 

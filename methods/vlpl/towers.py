@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from errors import UserError
+from preprocess import Preprocess
+from presets import DEFAULT_CLIP_MODEL
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLIP_MODEL = "ViT-L-14-336"  # VLPL's openai/clip-vit-large-patch14-336
 CLIP_TAG = "openai"
 RANDOM_INIT_SEED = 0  # a weightless JSON-config model is always the same model
 
@@ -135,10 +136,8 @@ def _create_clip(spec: ClipSpec) -> nn.Module:
     return model.eval()
 
 
-def clip_preprocess(model: nn.Module):
+def clip_preprocess(model: nn.Module) -> Preprocess:
     """CLIP's own input size and normalisation (never ImageNet's: a trap of the reference)."""
-    from models import Preprocess
-
     cfg = _open_clip().get_model_preprocess_cfg(model)
     size = cfg["size"]
     size = size[0] if isinstance(size, (tuple, list)) else size

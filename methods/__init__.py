@@ -1,0 +1,10 @@
+"""The single-positive methods that keep state or need more than a loss function.
+
+    base.py   the references' numerics (neg_log, entropy, per-code matrix) and `SPMLLoss`
+    role.py   ROLE (Cole et al. 2021): a learned label matrix
+    apl.py    EM + APL (Zhou et al. 2022): soft pseudo-negatives between epochs
+    vlpl/     VLPL (Xing et al. 2024): frozen-CLIP pseudo-labels, the open_clip towers, the score cache
+
+Each module imports only `base` (and `config`, `errors`, the data layer); none
+imports `losses.py`, which registers them all.
+"""

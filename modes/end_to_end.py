@@ -1,0 +1,64 @@
+"""End-to-end training (backbone + classifier on images), and --eval-only of its checkpoints."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from config import Config
+from dataset_provenance import dataset_variant
+from datasets import DatasetSplits, load_splits
+from fileio import write_json_atomic
+from losses import LOSSES
+from methods.base import SPMLLoss
+from methods.vlpl.towers import ClipSpec
+from models import MultiLabelModel, create_backbone
+from modes.setup import build_loss, image_views, make_loaders
+from training.checkpoint import load_checkpoint
+from training.engine import evaluate
+from training.trainer import train_and_record
+
+log = logging.getLogger(__name__)
+
+Init = Callable[[MultiLabelModel, SPMLLoss], None]  # loads weights and loss state before training (linear_init)
+
+
+def _splits_and_model(cfg: Config) -> tuple[DatasetSplits, MultiLabelModel]:
+    splits = load_splits(cfg.data_dir, cfg.dataset, cfg.image_root, LOSSES[cfg.loss].label_view, cfg.val_set_variant)
+    backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights, ClipSpec(cfg.clip_model, cfg.clip_weights))
+    return splits, MultiLabelModel(backbone, splits.num_classes).to(torch.device(cfg.device))
+
+
+def train_end_to_end(cfg: Config, out: Path, init: Init | None = None) -> dict:
+    """Train into the run folder `out`; returns the summary (best epoch, its val and test mAP)."""
+    splits, model = _splits_and_model(cfg)
+    device = torch.device(cfg.device)
+    loss_fn = build_loss(cfg, splits.train, splits.num_classes, device, cfg.epochs, image_views(cfg))
+    if init is not None:
+        init(model, loss_fn)
+    loaders = make_loaders(cfg, splits, model, flip_views=loss_fn.needs_clip_scores)
+    info = {
+        "image_size": model.preprocess.size,
+        # NUS-WIDE's two variants give different numbers: every result names the one it used
+        "dataset_variant": dataset_variant(cfg.dataset, cfg.data_dir, len(splits.train.images) + len(splits.val.images),
+                                           len(splits.test.images)),
+    }
+    return train_and_record(cfg, out, model, loss_fn, loaders, cfg.epochs, info).summary()
+
+
+def evaluate_checkpoint(cfg: Config) -> dict:
+    """--eval-only: val and test metrics of a checkpoint's weights, written beside it."""
+    ckpt = load_checkpoint(cfg.eval_only)
+    splits, model = _splits_and_model(cfg)
+    model.load_state_dict(ckpt["model"])
+    loaders = make_loaders(cfg, splits, model)
+    device = torch.device(cfg.device)
+    scores = {split: evaluate(model, loaders[split], device, cfg.threshold, split) for split in ("val", "test")}
+    out = cfg.eval_only.parent / f"eval_{cfg.eval_only.stem}.json"
+    write_json_atomic(out, {"checkpoint": str(cfg.eval_only), "epoch": ckpt["train_state"]["epoch"],
+                            "config": cfg.to_dict(), **scores})
+    log.info(f"{cfg.eval_only} (epoch {ckpt['train_state']['epoch']}): val mAP {scores['val']['map']:.2f}, "
+             f"test mAP {scores['test']['map']:.2f} -> {out}")
+    return scores
