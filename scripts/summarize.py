@@ -3,11 +3,12 @@
     python scripts/summarize.py runs/coco_em runs/coco_em_apl [--out DIR]
 
 Each argument is a run folder or a folder holding run folders (a seed sweep);
-every results.json below it is read. Runs are grouped by dataset x loss; a group
-pools its seeds only when everything else of the protocol is the same (backbone,
-image size, val variant, stop rule, data variant, and every other setting but
-the seed and where/how fast it ran): otherwise the script refuses, naming the
-setting that differs. Runs that did not complete are left out, with a warning:
+every results.json below it is read. A row pools the seeds of one dataset x loss
+under one protocol (backbone, image size, val variant, stop rule, data variant,
+and every other setting but the seed and where/how fast it ran); runs of one
+dataset x loss under different protocols make one row each, and the `setting`
+column names what differs. A seed that appears twice in one row is refused,
+naming both folders. Runs that did not complete are left out, with a warning:
 their numbers were not earned. std is the sample standard deviation (n - 1).
 
 Prints a Markdown table and writes it as summary.md and summary.csv in --out
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import statistics
@@ -26,13 +28,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repo's modules
 
 from errors import UserError  # noqa: E402
+from fileio import read_json, write_text_atomic  # noqa: E402
 
 log = logging.getLogger("summarize")
 
 # Settings that may differ between the seeds of one pooled group: the seed itself and
 # where or how fast the run went, never what it computed.
 POOLABLE = {"seed", "out", "device", "num_workers", "data_dir", "image_root", "deterministic"}
-COLUMNS = ["dataset", "loss", "n", "seeds", "test_map_mean", "test_map_std", "val_map_mean", "val_map_std",
+COLUMNS = ["dataset", "loss", "setting", "n", "seeds", "test_map_mean", "test_map_std", "val_map_mean", "val_map_std",
            "backbone", "image_size", "val_variant", "stop_rule", "data_variant"]
 
 
@@ -74,10 +77,7 @@ def _comparable(results: dict) -> dict:
 def load_runs(paths: list[Path]) -> list[dict]:
     runs = []
     for path in find_results(paths):
-        try:
-            results = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path} is not valid JSON ({err})") from err
+        results = read_json(path, "results file")
         if results.get("status") != "completed":
             log.warning(f"left out {path.parent}: status {results.get('status')!r} "
                         f"({results.get('reason', 'not finished')}); resume it with main.py --resume")
@@ -88,35 +88,36 @@ def load_runs(paths: list[Path]) -> list[dict]:
     return runs
 
 
+def _setting(protocol: dict, others: list[dict]) -> str:
+    """What sets this protocol apart from the others of its dataset x loss ("-" when it is alone)."""
+    differ = sorted(k for k in protocol if any(other.get(k) != protocol[k] for other in others))
+    return ", ".join(f"{k}={json.dumps(protocol[k])}" for k in differ) or "-"
+
+
 def summarize(runs: list[dict]) -> list[dict]:
-    """One row per dataset x loss; refuses to pool runs whose protocols differ or that repeat a seed."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """One row per dataset x loss x protocol; refuses a seed repeated within a row."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for run in runs:
         config = run["results"]["config"]
-        groups.setdefault((config["dataset"], config["loss"]), []).append(run)
+        key = json.dumps(_comparable(run["results"]), sort_keys=True, default=str)
+        groups.setdefault((config["dataset"], config["loss"], key), []).append(run)
     rows = []
-    for (dataset, loss), members in sorted(groups.items()):
-        first = members[0]
-        reference = _comparable(first["results"])
-        for other in members[1:]:
-            theirs = _comparable(other["results"])
-            if differ := sorted(k for k in reference.keys() | theirs.keys() if reference.get(k) != theirs.get(k)):
-                key = differ[0]
-                raise UserError(
-                    f"{dataset} x {loss}: refusing to pool runs with different protocols: {key} is "
-                    f"{reference.get(key)!r} in {first['path']} but {theirs.get(key)!r} in {other['path']}"
-                    + (f" (also differ: {', '.join(differ[1:])})" if differ[1:] else "")
-                    + "; summarise them separately")
-        seeds = [run["results"]["config"]["seed"] for run in members]
-        if len(set(seeds)) != len(seeds):
-            repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-            raise UserError(f"{dataset} x {loss}: seed(s) {repeated} appear twice; a repeated seed is not a new sample")
+    for (dataset, loss, key), members in sorted(groups.items()):
+        siblings = [json.loads(k) for (d, lo, k) in groups if (d, lo) == (dataset, loss) and k != key]
+        by_seed: dict[int, Path] = {}
+        for run in members:
+            seed = run["results"]["config"]["seed"]
+            if seed in by_seed:
+                raise UserError(f"{dataset} x {loss}: seed {seed} appears twice, in {by_seed[seed]} and {run['path']}; "
+                                f"a repeated seed is not a new sample: leave one folder out")
+            by_seed[seed] = run["path"]
         test = [run["results"]["test_map"] for run in members]
         val = [run["results"]["best_val_map"] for run in members]
         std = lambda xs: statistics.stdev(xs) if len(xs) > 1 else float("nan")  # noqa: E731
-        rows.append({"dataset": dataset, "loss": loss, "n": len(members), "seeds": " ".join(map(str, sorted(seeds))),
+        rows.append({"dataset": dataset, "loss": loss, "setting": _setting(json.loads(key), siblings),
+                     "n": len(members), "seeds": " ".join(map(str, sorted(by_seed))),
                      "test_map_mean": statistics.fmean(test), "test_map_std": std(test),
-                     "val_map_mean": statistics.fmean(val), "val_map_std": std(val), **protocol(first["results"])})
+                     "val_map_mean": statistics.fmean(val), "val_map_std": std(val), **protocol(members[0]["results"])})
     return rows
 
 
@@ -125,10 +126,10 @@ def _pm(mean: float, std: float) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["dataset", "loss", "seeds", "test mAP", "val mAP", "backbone", "image size", "val", "stop rule", "data variant"]
+    header = ["dataset", "loss", "setting", "seeds", "test mAP", "val mAP", "backbone", "image size", "val", "stop rule", "data variant"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["dataset"], r["loss"], f"{r['n']} ({r['seeds']})", _pm(r["test_map_mean"], r["test_map_std"]),
+        cells = [r["dataset"], r["loss"], r["setting"], f"{r['n']} ({r['seeds']})", _pm(r["test_map_mean"], r["test_map_std"]),
                  _pm(r["val_map_mean"], r["val_map_std"]), r["backbone"], str(r["image_size"]), r["val_variant"],
                  r["stop_rule"], r["data_variant"]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -136,12 +137,11 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    tmp.replace(path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(table)
     out = args.out or args.run_dirs[0]
     out.mkdir(parents=True, exist_ok=True)
-    md = out / "summary.md"
-    tmp = md.with_name(".summary.md.tmp")
-    tmp.write_text("Test mAP at the best-val epoch, mean ± sample std over seeds.\n\n" + table)
-    tmp.replace(md)
+    md = write_text_atomic(out / "summary.md", "Test mAP at the best-val epoch, mean ± sample std over seeds.\n\n" + table)
     write_csv(out / "summary.csv", rows)
     log.info(f"written {md} and {out / 'summary.csv'}")
     return 0

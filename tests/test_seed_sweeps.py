@@ -4,8 +4,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,8 +37,8 @@ def test_summary_mean_std_per_dataset_and_loss(tmp_path, capsys):
     assert summarize.main([str(sweep), str(tmp_path / "an"), "--out", str(tmp_path / "table")]) == 0
     printed = capsys.readouterr()
     # EM: mean (88 + 89 + 90.5) / 3 = 89.1667; sample std sqrt((1.1667² + 0.1667² + 1.3333²) / 2) = 1.2583
-    assert "| pascal | EM | 3 (1 2 3) | 89.17 ± 1.26 | 81.00 ± 1.00 | resnet50 | 448 | clean | patience 1, max 10 ep | - |" in printed.out
-    assert "| pascal | an | 1 (1) | 85.00 (1 seed) |" in printed.out
+    assert "| pascal | EM | - | 3 (1 2 3) | 89.17 ± 1.26 | 81.00 ± 1.00 | resnet50 | 448 | clean | patience 1, max 10 ep | - |" in printed.out
+    assert "| pascal | an | - | 1 (1) | 85.00 (1 seed) |" in printed.out
     assert "left out" in printed.err and "seed4" in printed.err
     rows = list(csv.DictReader(open(tmp_path / "table" / "summary.csv")))
     assert [(r["loss"], r["n"], r["test_map_mean"], r["test_map_std"]) for r in rows] == [
@@ -44,27 +46,32 @@ def test_summary_mean_std_per_dataset_and_loss(tmp_path, capsys):
     assert (tmp_path / "table" / "summary.md").read_text().count("| pascal |") == 2
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"model": "vit"}, "model"),
-    ({"val_set_variant": "observed"}, "val_set_variant"),
-    ({"patience": 0}, "patience"),
-    ({"nus_variant": "cole"}, "nus_variant"),
-    ({"lr": 1e-4}, "lr"),
+@pytest.mark.parametrize("change, field, shown", [
+    ({"model": "vit"}, "model", '"vit"'),
+    ({"val_set_variant": "observed"}, "val_set_variant", '"observed"'),
+    ({"patience": 0}, "patience", "0"),
+    ({"nus_variant": "cole"}, "nus_variant", '"cole"'),
+    ({"lr": 1e-4}, "lr", "0.0001"),
 ])
-def test_summary_refuses_to_pool_different_protocols(tmp_path, capsys, change, field):
+def test_summary_keeps_different_protocols_apart(tmp_path, capsys, change, field, shown):
+    """Runs of one dataset x loss under two protocols: one row each, naming what differs; never pooled."""
     fake_run(tmp_path / "seed1", 1, 88.0)
-    fake_run(tmp_path / "seed2", 2, 89.0, **change)
-    assert summarize.main([str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "refusing to pool" in err and field in err
-    assert not (tmp_path / "summary.md").exists()
+    fake_run(tmp_path / "seed2", 2, 89.0)
+    fake_run(tmp_path / "other" / "seed1", 1, 70.0, **change)
+    assert summarize.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| pascal | EM |")]
+    assert len(rows) == 2
+    assert any("2 (1 2) | 88.50 ± 0.71" in row for row in rows)
+    assert any(f"{field}={shown}" in row and "1 (1) | 70.00 (1 seed)" in row for row in rows)
 
 
-def test_summary_refuses_a_repeated_seed(tmp_path, capsys):
+def test_summary_refuses_a_repeated_seed_naming_both_folders(tmp_path, capsys):
     fake_run(tmp_path / "a", 1, 88.0)
     fake_run(tmp_path / "b", 1, 89.0)
     assert summarize.main([str(tmp_path)]) == 2
-    assert "appear twice" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "seed 1 appears twice" in err and str(tmp_path / "a") in err and str(tmp_path / "b") in err
 
 
 def test_sweep_script_on_digits_two_seeds(digits_master, tmp_path):
@@ -97,4 +104,30 @@ def test_sweep_script_on_digits_two_seeds(digits_master, tmp_path):
     summary = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "summarize.py"), str(out)],
                              capture_output=True, text=True, timeout=60)
     assert summary.returncode == 0, summary.stderr
-    assert "| digits | EM | 2 (1 2) |" in summary.stdout
+    assert "| digits | EM | - | 2 (1 2) |" in summary.stdout
+
+
+def test_sweep_stops_whole_on_ctrl_c_and_shows_each_seeds_error(digits_master, tmp_path):
+    data = slice_digits(digits_master, tmp_path / "digits", 160, 160, copy_images=False)
+    script = REPO_ROOT / "scripts" / "sweep_seeds.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    out = tmp_path / "sweep"
+    args = [str(script), str(out), "1 2", "-g", "cpu", "-l", "EM", "--epochs", "20", "--patience", "0",
+            "--data-dir", str(data)]
+    # Ctrl-C in a terminal reaches the whole foreground process group: bash, main.py and tee
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (out / "seed1" / "train.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "sweep interrupted (Ctrl-C) at seed 1" in err
+    assert not (out / "seed2").exists()  # the next seed never started
+    assert json.loads((out / "seed1" / "results.json").read_text())["status"] == "interrupted"
+
+    bad = subprocess.run([str(script), str(tmp_path / "bad"), "1 2", "-g", "cpu", "--epochs", "0"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert "seed 1: error: argument --epochs: must be > 0, got 0" in bad.stderr
+    assert "train.log" not in bad.stderr  # no log exists to point at
