@@ -1,7 +1,6 @@
 """The one digits fixture: the embedded dataset built once per test run in a temp folder, and slices of it."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from fileio import save_npy_atomic
 from preproc.format_digits import format_digits
 from preproc.generate_observed_labels import generate_observed_labels
+from presets import DATA_ROOT
 
 SMALL_TRAIN, SMALL_TEST = 120, 60  # official train rows (our train + val) and test rows of `small_digits`
 
@@ -58,13 +58,7 @@ def digits_dir(digits_master: Path, tmp_path: Path) -> Path:
     return copy
 
 
-# A CLIP small enough to run in a test, in open_clip's model-config format (randomly initialised).
-TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
 @pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "tiny_clip.json"
-    path.write_text(json.dumps(TINY_CLIP))
-    return path
+def tiny_clip() -> Path:
+    """The shipped open_clip model config of a CLIP small enough for a CPU (randomly initialised)."""
+    return DATA_ROOT / "tiny_clip.json"

@@ -1,0 +1,56 @@
+"""Every command the README shows is valid as written: the digits ones run, the others parse."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+
+import pytest
+
+from cli import parse_args
+from conftest import slice_digits
+from main import main
+from presets import REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text()
+PLACEHOLDER = re.compile(r"[A-Z]{3,}|<|\[|\$")  # DATASET, <out>, [--flag ...], $loss: a template, not a command
+
+
+def commands(program: str) -> list[list[str]]:
+    found = []
+    for line in README.splitlines():
+        for match in re.finditer(re.escape(program) + r"(?P<args>[^`#\n]*)", line):
+            args = match.group("args").strip().rstrip(".,;:")
+            if not PLACEHOLDER.search(args) and "&&" not in args:
+                found.append(shlex.split(args))
+    return found
+
+
+# --resume / --eval-only examples name a run folder of the reader's; -h only prints
+MAIN_COMMANDS = [argv for argv in commands("python main.py") if not {"--resume", "--eval-only", "-h"} & set(argv)]
+DIGITS = [argv for argv in MAIN_COMMANDS if "-d" not in argv or argv[argv.index("-d") + 1] == "digits"]
+OTHERS = [argv for argv in MAIN_COMMANDS if argv not in DIGITS]
+
+
+def test_the_readme_has_commands_of_each_kind():
+    assert [] in DIGITS  # the quick start
+    assert len(DIGITS) >= 2 and len(OTHERS) >= 5
+
+
+@pytest.mark.parametrize("argv", DIGITS, ids=" ".join)
+def test_digits_commands_run(argv, digits_master, tmp_path, monkeypatch):
+    """As written, on a slice of digits for one epoch (the flags given after override the README's)."""
+    monkeypatch.chdir(REPO_ROOT)  # README paths are relative to the repository
+    data = slice_digits(digits_master, tmp_path / "digits", 120, 60, copy_images=False)
+    assert main([*argv, "-g", "cpu", "--epochs", "1", "--data-dir", str(data), "--out", str(tmp_path / "run")]) == 0
+
+
+@pytest.mark.parametrize("argv", OTHERS, ids=" ".join)
+def test_benchmark_commands_parse(argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    parse_args([*argv, "--out", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("module", sorted({argv[0] for argv in commands("python -m ")} - {"pytest"}))
+def test_python_m_modules_exist(module):
+    assert importlib.util.find_spec(module) is not None, module
