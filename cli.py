@@ -8,6 +8,9 @@ checks raise `UserError` naming the flag and value.
 from __future__ import annotations
 
 import argparse
+import logging
+import math
+import re
 import time
 from pathlib import Path
 
@@ -15,20 +18,13 @@ from config import Config, LossHyper
 from errors import UserError
 from fileio import read_json
 from losses import LOSSES
-from methods.vlpl import check_vlpl_settings
 from models import BACKBONES
-from presets import (
-    DATA_ROOT,
-    DEFAULT_CLIP_MODEL,
-    DEFAULT_PROMPT,
-    LINEAR_EPOCHS,
-    PRESETS,
-    REPO_ROOT,
-    SEARCH_BSIZES,
-    SEARCH_LRS,
-    TRAIN_MODES,
-)
+from preflight import existing_file, existing_folder, new_run_folder, writable_folder
+from presets import (DATA_ROOT, DEFAULT_CLIP_MODEL, DEFAULT_PROMPT, LINEAR_EPOCHS, PRESETS, REPO_ROOT, SEARCH_BSIZES,
+                     SEARCH_LRS, TRAIN_MODES, custom_preset, preset_of)
 from training.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 # The only flags that may accompany --resume / --eval-only: where and how fast to run, not what.
 _RESUME_FLAGS = {"resume", "gpu", "num_workers"}
@@ -40,48 +36,64 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def _positive(kind):
+def _number(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: a finite `kind` within [low, high] (open ends where asked); NaN and inf are refused."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if (low is not None and (value <= low if low_open else value < low)) or \
+                (high is not None and (value >= high if high_open else value > high)):
+            raise argparse.ArgumentTypeError(f"must be {_range_text(low, high, low_open, high_open)}, got {text}")
         return value
 
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = kind.__name__
     return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def _range_text(low, high, low_open, high_open) -> str:
+    if high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+_positive_int = _number(int, 0, low_open=True)
+_non_negative_int = _number(int, 0)
+_positive_float = _number(float, 0.0, low_open=True)
+_non_negative_float = _number(float, 0.0)
+_fraction = _number(float, 0.0, 1.0, high_open=True)  # [0, 1)
+_seed = _number(int, 0, 2**32 - 1)  # NumPy's seed range
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(description="Train and evaluate a single-positive multi-label classifier.")
     loss_help = "; ".join(f"{name}: {entry.help}" for name, entry in LOSSES.items())
-    p.add_argument("-d", "--dataset", default="digits", choices=sorted(PRESETS), help="dataset preset (default: digits)")
+    p.add_argument("-d", "--dataset", default="digits", type=_dataset_name,
+                   help=f"a benchmark ({', '.join(sorted(PRESETS))}), or the name of a dataset of your own in "
+                        f"--data-dir, run with neutral defaults (default: digits)")
     p.add_argument("-l", "--loss", default=_default_loss(), choices=list(LOSSES), help=loss_help)
-    p.add_argument("-g", "--gpu", default="0", help="GPU index, or 'cpu'; falls back to the CPU when CUDA is absent (default: 0)")
-    p.add_argument("-s", "--seed", type=int, default=0, help="PyTorch seed (default: 0)")
+    p.add_argument("-g", "--gpu", default="0", help="GPU index, or 'cpu'; runs on the CPU, saying so, when the machine has no CUDA "
+                   "(default: 0)")
+    p.add_argument("-s", "--seed", type=_seed, default=0, help="PyTorch seed (default: 0)")
     p.add_argument("-m", "--model", choices=sorted(BACKBONES), help="backbone (default: the dataset's, resnet50 for the benchmarks)")
     p.add_argument("--no-pretrained", action="store_true", help="random initialisation instead of ImageNet weights")
     p.add_argument("--pretrained-weights", type=Path, help="local checkpoint (state dict) to initialise the backbone with")
-    p.add_argument("--epochs", type=_positive(int), help="training epochs (default: 10)")
-    p.add_argument("--bsize", type=_positive(int), help="batch size (default: per dataset)")
-    p.add_argument("--lr", type=_positive(float), help="Adam learning rate (default: per dataset)")
+    p.add_argument("--epochs", type=_positive_int, help="training epochs (default: 10)")
+    p.add_argument("--bsize", type=_positive_int, help="batch size (default: per dataset)")
+    p.add_argument("--lr", type=_positive_float, help="Adam learning rate (default: per dataset)")
     p.add_argument("--patience", type=_non_negative_int,
                    help="stop after this many epochs without a val mAP gain; 1 is the EM/APL code's rule, "
-                        "0 never stops early (Cole, VLPL) (default: 1; 0 for EM_PL*)")
+                        "0 never stops early (Cole, VLPL) (default: 1; 0 for EM_PL* and linear_fixed_features)")
     p.add_argument("--num-workers", type=_non_negative_int, help="data loading processes (default: per dataset)")
     p.add_argument("--val-set-variant", choices=("clean", "observed"), default="clean",
                    help="score val on its full labels, or on its observed positives only (default: clean)")
-    p.add_argument("--threshold", type=float, default=0.5, help="score threshold of CF1/OF1 (0.75 is fair for EM models)")
-    p.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset>)")
+    p.add_argument("--threshold", type=_number(float, 0.0, 1.0, True, True), default=0.5, help="score threshold of CF1/OF1 (0.75 is fair for EM models)")
+    p.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset>; digits is built there on first use)")
     p.add_argument("--image-root", type=Path, help="image folder (default: the dataset's, inside --data-dir)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<dataset>_<loss>_s<seed>_<time>); never overwritten")
     p.add_argument("--deterministic", action="store_true",
@@ -95,37 +107,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score a checkpoint (last.pt or best.pt) on val and test; writes eval_<name>.json beside it")
     p.add_argument("--train-mode", choices=TRAIN_MODES, default="end_to_end",
                    help="end_to_end; linear_fixed_features: a linear layer on the features cached by "
-                        "preproc/extract_features.py (default --epochs 25); linear_init: that linear phase "
-                        "(--linear-epochs), then end-to-end fine-tuning (--epochs) (default: end_to_end)")
-    p.add_argument("--linear-epochs", type=_positive(int), default=LINEAR_EPOCHS,
+                        "python -m preproc.extract_features (25 epochs, no early stop, as Cole et al.); linear_init: "
+                        "that linear phase (--linear-epochs), then end-to-end fine-tuning (--epochs) (default: end_to_end)")
+    p.add_argument("--train-features", type=Path, metavar="NPY",
+                   help="linear modes: features of the official train images, one row per formatted_train_images.npy "
+                        "row (default: <data-dir>/train_features_<model>.npy)")
+    p.add_argument("--test-features", type=Path, metavar="NPY",
+                   help="linear modes: features of the test images (official val), one row per formatted_val_images.npy "
+                        "row (default: <data-dir>/val_features_<model>.npy)")
+    p.add_argument("--linear-epochs", type=_positive_int, default=LINEAR_EPOCHS,
                    help=f"epochs of linear_init's linear phase (default: {LINEAR_EPOCHS})")
     p.add_argument("--search", action="store_true",
                    help="run the lr x batch-size grid, one run folder each under --out, select by val mAP")
-    p.add_argument("--search-lrs", type=_positive(float), nargs="+", default=list(SEARCH_LRS),
+    p.add_argument("--search-lrs", type=_positive_float, nargs="+", default=list(SEARCH_LRS),
                    help=f"learning rates of --search (default: {' '.join(f'{v:g}' for v in SEARCH_LRS)})")
-    p.add_argument("--search-bsizes", type=_positive(int), nargs="+", default=list(SEARCH_BSIZES),
+    p.add_argument("--search-bsizes", type=_positive_int, nargs="+", default=list(SEARCH_BSIZES),
                    help=f"batch sizes of --search (default: {' '.join(map(str, SEARCH_BSIZES))})")
     hp = p.add_argument_group("loss hyperparameters (defaults: per dataset, as published by Zhou et al. 2022 and Cole et al. 2021)")
-    hp.add_argument("--alpha", type=float, help="EM weight of the unknown-label entropy")
-    hp.add_argument("--beta", type=float, help="APL weight of the soft pseudo-negatives")
-    hp.add_argument("--warmup-epochs", type=_non_negative_int, help="epochs before pseudo-labelling starts")
-    hp.add_argument("--ls-coef", type=float, default=0.1, help="label-smoothing coefficient (default: 0.1)")
-    hp.add_argument("--expected-pos", type=_positive(float), help="expected positives per image (EPR, ROLE)")
+    hp.add_argument("--alpha", type=_non_negative_float, help="EM weight of the unknown-label entropy")
+    hp.add_argument("--beta", type=_non_negative_float, help="APL weight of the soft pseudo-negatives")
+    hp.add_argument("--warmup-epochs", type=_non_negative_int,
+                    help="epochs before pseudo-labelling starts (default: per dataset, shortened to --epochs - 1 for "
+                         "shorter runs)")
+    hp.add_argument("--ls-coef", type=_fraction, default=0.1, help="label-smoothing coefficient (default: 0.1)")
+    hp.add_argument("--expected-pos", type=_positive_float, help="expected positives per image (EPR, ROLE)")
     vl = p.add_argument_group("VLPL pseudo-labels (EM_PL, EM_PL_ASL) and CLIP models")
-    vl.add_argument("-t", "--temp", type=_positive(float), default=0.01, help="softmax temperature of the CLIP scores (default: 0.01)")
-    vl.add_argument("-th", "--pl-threshold", type=float, default=0.3, help="CLIP score above which a label is pseudo-positive (default: 0.3)")
-    vl.add_argument("-p", "--partial", type=float, default=0.0, help="fraction of classes, lowest CLIP scores, made pseudo-negative (default: 0)")
-    vl.add_argument("--beta-pos", type=float, default=0.7, help="EM_PL weight of pseudo-positives (default: 0.7)")
-    vl.add_argument("--beta-neg", type=float, default=0.0, help="EM_PL weight of pseudo-negatives; 0 leaves them out, as the reference (default: 0)")
-    vl.add_argument("--gamma-pos", type=float, default=2.0, help="EM_PL_ASL focusing of positives (default: 2)")
-    vl.add_argument("--gamma-unknown", type=float, default=4.0, help="EM_PL_ASL focusing of unknown labels (default: 4)")
-    vl.add_argument("--gamma-neg", type=float, default=4.0, help="EM_PL_ASL focusing of pseudo-negatives (default: 4)")
+    vl.add_argument("-t", "--temp", type=_positive_float, default=0.01, help="softmax temperature of the CLIP scores (default: 0.01)")
+    vl.add_argument("-th", "--pl-threshold", type=_fraction, default=0.3, help="CLIP score above which a label is pseudo-positive (default: 0.3)")
+    vl.add_argument("-p", "--partial", type=_fraction, default=0.0, help="fraction of classes, lowest CLIP scores, made pseudo-negative (default: 0)")
+    vl.add_argument("--beta-pos", type=_non_negative_float, default=0.7, help="EM_PL weight of pseudo-positives (default: 0.7)")
+    vl.add_argument("--beta-neg", type=_non_negative_float, default=0.0, help="EM_PL weight of pseudo-negatives; 0 leaves them out, as the reference (default: 0)")
+    vl.add_argument("--gamma-pos", type=_non_negative_float, default=2.0, help="EM_PL_ASL focusing of positives (default: 2)")
+    vl.add_argument("--gamma-unknown", type=_non_negative_float, default=4.0, help="EM_PL_ASL focusing of unknown labels (default: 4)")
+    vl.add_argument("--gamma-neg", type=_non_negative_float, default=4.0, help="EM_PL_ASL focusing of pseudo-negatives (default: 4)")
     vl.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
                     help=f"open_clip model name or a JSON model config: the frozen scorer and the clip_vision backbone (default: {DEFAULT_CLIP_MODEL})")
     vl.add_argument("--clip-weights", type=Path, help="local open_clip checkpoint for --clip-model (default: OpenAI weights from open_clip's cache)")
     vl.add_argument("--text-features", type=Path, help="(num_classes, D) .npy class text embeddings (VLPL's *text_feature.npy) instead of prompts")
     vl.add_argument("--prompt-template", default=DEFAULT_PROMPT, help=f"class prompt for the CLIP text tower (default: {DEFAULT_PROMPT!r})")
     return p
+
+
+def _dataset_name(text: str) -> str:
+    # it names files and folders (run folders, the CLIP-score cache)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '_', '-' and '.' only")
+    return text
 
 
 def _default_loss() -> str:
@@ -140,6 +167,7 @@ def _device(gpu: str) -> str:
     if not gpu.isdigit():
         raise UserError(f"-g/--gpu must be a GPU index or 'cpu', got {gpu!r}")
     if not torch.cuda.is_available():
+        log.info(f"-g {gpu}: this machine has no CUDA device; running on the CPU (-g cpu says so up front)")
         return "cpu"
     if int(gpu) >= torch.cuda.device_count():
         raise UserError(f"-g/--gpu {gpu}: only {torch.cuda.device_count()} GPU(s) visible")
@@ -164,6 +192,8 @@ def _saved_config(args: argparse.Namespace, argv: list[str] | None) -> Config:
         keep = ", ".join("--" + dest.replace("_", "-") for dest in sorted(allowed))
         raise UserError(f"{flag} uses the run's saved configuration; drop {shown} (only {keep} may be given)")
     if args.resume:
+        existing_folder("--resume", args.resume, "the folder of a run started by main.py")
+        writable_folder("--resume", args.resume)
         source = args.resume / "config.json"
         if not source.is_file():
             raise UserError(f"--resume {args.resume}: no config.json there; pass the folder of a run started by main.py")
@@ -178,8 +208,10 @@ def _saved_config(args: argparse.Namespace, argv: list[str] | None) -> Config:
     for key in ("num_workers", "data_dir", "image_root"):
         if given.get(key) is not None:
             changes[key] = given[key]
+    existing_folder("--data-dir", given.get("data_dir"), "the folder holding the dataset the checkpoint was trained on")
+    existing_folder("--image-root", given.get("image_root"), "the folder the image paths are relative to")
     if given.get("data_dir") is not None and given.get("image_root") is None:
-        changes["image_root"] = given["data_dir"] / PRESETS[saved["dataset"]].image_root
+        changes["image_root"] = given["data_dir"] / preset_of(saved["dataset"]).image_root
     gpu = args.gpu if "gpu" in _given_flags(argv) else saved["device"].removeprefix("cuda:")
     changes["device"] = _device(gpu)
     return Config.from_dict(saved, source, **changes)
@@ -189,29 +221,54 @@ def parse_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     if args.resume or args.eval_only:
         return _saved_config(args, argv)
-    preset = PRESETS[args.dataset]
+    custom = args.dataset not in PRESETS
+    if custom and args.data_dir is None:
+        raise UserError(f"-d {args.dataset} is not one of the benchmarks ({', '.join(sorted(PRESETS))}); "
+                        f"for a dataset of your own pass its folder with --data-dir")
+    preset = custom_preset(args.dataset) if custom else PRESETS[args.dataset]
     pick = lambda value, default: default if value is None else value  # noqa: E731
     loss_defaults = LOSSES[args.loss].defaults(preset)  # the method's own settings (VLPL), below the flags
-    data_dir = args.data_dir or DATA_ROOT / args.dataset
     linear = args.train_mode == "linear_fixed_features"
     epochs = pick(args.epochs, LINEAR_EPOCHS if linear else preset.epochs)
     if args.search and (args.lr is not None or args.bsize is not None):
         raise UserError("--search sets --lr and --bsize itself; give the grids with --search-lrs / --search-bsizes")
+    expected_pos = pick(args.expected_pos, preset.expected_pos)
+    if expected_pos is None and args.loss in ("epr", "role"):
+        raise UserError(f"-l {args.loss} needs --expected-pos on a dataset of your own: the average number of "
+                        f"positive labels per image (Cole et al. use each benchmark's, e.g. 2.9 on COCO)")
+    warmup = pick(args.warmup_epochs, loss_defaults.get("warmup_epochs", preset.warmup_epochs))
+    if args.warmup_epochs is None and 0 < epochs <= warmup and args.loss == "EM_APL":
+        log.info(f"EM_APL: the warm-up is shortened from {warmup} to {epochs - 1} epoch(s) for a {epochs}-epoch run "
+                 f"(--warmup-epochs sets it)")
+        warmup = epochs - 1
+    data_dir = (args.data_dir or DATA_ROOT / args.dataset).absolute()
+    if args.data_dir is not None or args.dataset != "digits":  # the embedded digits is built at its default place
+        existing_folder("--data-dir", data_dir, f"a formatted dataset folder (see data/{args.dataset}/README.md)"
+                        if not custom else "the folder holding your dataset's formatted_*.npy files")
+    existing_folder("--image-root", args.image_root, "the folder the image paths are relative to")
+    for flag, path, what in (("--pretrained-weights", args.pretrained_weights, "a PyTorch state dict file"),
+                             ("--clip-weights", args.clip_weights, "an open_clip checkpoint file"),
+                             ("--text-features", args.text_features, "a (num_classes, D) .npy file"),
+                             ("--train-features", args.train_features, "a (N_official_train, D) .npy file"),
+                             ("--test-features", args.test_features, "a (N_test, D) .npy file")):
+        existing_file(flag, path, what)
+    if args.clip_model.endswith(".json"):
+        existing_file("--clip-model", Path(args.clip_model), "an open_clip model name or a JSON model config file")
     out = args.out or REPO_ROOT / "runs" / f"{args.dataset}_{args.loss}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
-    if not 0.0 < args.threshold < 1.0:
-        raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
+    new_run_folder(out.absolute())
+    model = pick(args.model, preset.model)
     cfg = Config(
         dataset=args.dataset,
         loss=args.loss,
-        model=pick(args.model, preset.model),
+        model=model,
         seed=args.seed,
         device=_device(args.gpu),
         epochs=epochs,
         bsize=pick(args.bsize, loss_defaults.get("bsize", preset.bsize)),
         lr=pick(args.lr, preset.lr),
-        patience=pick(args.patience, loss_defaults.get("patience", 1)),
+        patience=pick(args.patience, loss_defaults.get("patience", 0 if linear else 1)),
         num_workers=pick(args.num_workers, preset.num_workers),
-        pretrained=not args.no_pretrained and BACKBONES[pick(args.model, preset.model)].has_pretrained,
+        pretrained=not args.no_pretrained and BACKBONES[model].has_pretrained,
         val_set_variant=args.val_set_variant,
         threshold=args.threshold,
         data_dir=data_dir,
@@ -220,9 +277,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
         hyper=LossHyper(
             alpha=pick(args.alpha, preset.alpha),
             beta=pick(args.beta, preset.beta),
-            warmup_epochs=pick(args.warmup_epochs, loss_defaults.get("warmup_epochs", preset.warmup_epochs)),
+            warmup_epochs=warmup,
             ls_coef=args.ls_coef,
-            expected_pos=pick(args.expected_pos, preset.expected_pos),
+            expected_pos=expected_pos if expected_pos is not None else LossHyper.expected_pos,
             epochs=epochs,
             temp=args.temp,
             pl_threshold=args.pl_threshold,
@@ -245,6 +302,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         search=args.search,
         search_lrs=tuple(args.search_lrs),
         search_bsizes=tuple(args.search_bsizes),
+        train_features=args.train_features,
+        test_features=args.test_features,
     )
-    check_vlpl_settings(cfg.hyper)
+    if custom:
+        log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "
+                 f"alpha {cfg.hyper.alpha:g}, beta {cfg.hyper.beta:g}, warm-up {cfg.hyper.warmup_epochs}, "
+                 f"{cfg.model}, images under {cfg.image_root} (flags override each)")
     return cfg

@@ -66,6 +66,9 @@ class Config:
     search_bsizes: tuple[int, ...] = SEARCH_BSIZES
     deterministic: bool = False  # PyTorch's deterministic algorithms (GPU runs; CPU runs are already)
     skip_bad_images: bool = False  # skip unreadable training images (counted in results.json)
+    # Linear modes: feature files given by flag (default: <data_dir>/{train,val}_features_<model>.npy).
+    train_features: Path | None = None
+    test_features: Path | None = None
     # How this process was started, not what the run is: left out of config.json.
     resume: bool = False  # continue the run in `out` from its last.pt
     eval_only: Path | None = None  # score this checkpoint on val and test, train nothing
@@ -96,4 +99,5 @@ class Config:
 
 
 _INVOCATION_FIELDS = {"resume", "eval_only"}
-_PATH_FIELDS = {"data_dir", "image_root", "out", "pretrained_weights", "clip_weights", "text_features"}
+_PATH_FIELDS = {"data_dir", "image_root", "out", "pretrained_weights", "clip_weights", "text_features", "train_features",
+                "test_features"}

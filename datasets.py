@@ -42,7 +42,8 @@ def generate_split(num_examples: int, val_frac: float, seed: int) -> tuple[np.nd
     """The references' split: a seeded permutation, the last round(frac N) rows to val; both sorted."""
     n_val = int(np.round(val_frac * num_examples))
     if not 0 < n_val < num_examples:
-        raise UserError(f"a val fraction of {val_frac} leaves no train or no val example out of {num_examples}")
+        raise UserError(f"a val fraction of {val_frac} leaves no train or no val example out of {num_examples} official "
+                        f"train images: the dataset is too small")
     perm = np.random.RandomState(seed).permutation(num_examples)
     return np.sort(perm[: num_examples - n_val]), np.sort(perm[-n_val:])
 
@@ -119,6 +120,9 @@ def load_split_files(data_dir: Path, split: str, dataset: str) -> tuple[np.ndarr
     names = load_npy(images_path, fix)
     if names.ndim != 1 or names.dtype.kind not in "US":
         raise UserError(f"{images_path} must be a 1-D array of path strings, got {names.dtype} {names.shape}")
+    if len(names) == 0:
+        role = "train and val sets" if split == "train" else "test set"
+        raise UserError(f"{images_path} lists no image, so the {role} would be empty; re-format the dataset ({fix})")
     full_path = data_dir / f"formatted_{split}_labels.npy"
     full = load_npy(full_path, fix) if full_path.is_file() else None
     if full is not None:

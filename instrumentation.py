@@ -14,6 +14,7 @@ from pathlib import Path
 
 from errors import UserError
 from fileio import json_line, write_json_atomic, write_text_atomic
+from preflight import new_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,12 @@ RUN_FILES = ("config.json", "train.log", "metrics.jsonl", "results.json", "searc
 
 def claim_run_folder(out: Path, config: dict) -> None:
     """Create a new run folder holding its config.json; a folder that already holds files is refused."""
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"run folder {out} already exists and is not empty; pass a new --out (or --resume {out})")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", config)
+    new_run_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", config)
+    except OSError as err:  # a disk that filled up or went read-only since the checks
+        raise UserError(f"--out {out}: cannot write there ({err.strerror or err})") from err
 
 
 def run_results(out: Path) -> dict:

@@ -33,7 +33,7 @@ class DatasetPreset:
     alpha: float  # EM weight of the unknown-label entropy term
     beta: float  # APL weight of the soft pseudo-negatives
     warmup_epochs: int  # APL starts after this many epochs
-    expected_pos: float  # expected positives per image (EPR, ROLE)
+    expected_pos: float | None  # expected positives per image (EPR, ROLE); None: must be given (--expected-pos)
     model: str = "resnet50"
     hflip: bool = True  # random horizontal flip at train time
     num_workers: int = 8
@@ -55,3 +55,19 @@ PRESETS: dict[str, DatasetPreset] = {
         ),
     )
 }
+
+
+def custom_preset(name: str) -> DatasetPreset:
+    """Neutral defaults for a dataset of the user's own (`-d NAME --data-dir DIR`): no benchmark's tuning.
+
+    ResNet-50 at 448 with ImageNet weights, Adam at 1e-4 (the middle of Cole et al.'s
+    grid), batch 16, EM's alpha 0.1, APL's beta 0.2 after a 2-epoch warm-up, images
+    listed relative to the folder itself; the expected number of positives (EPR, ROLE)
+    is the dataset's own and must be given.
+    """
+    return DatasetPreset(name, 0, ".", bsize=16, lr=1e-4, alpha=0.1, beta=0.2, warmup_epochs=2, expected_pos=None)
+
+
+def preset_of(name: str) -> DatasetPreset:
+    """The benchmark's preset, or the neutral one of a dataset of the user's own."""
+    return PRESETS.get(name) or custom_preset(name)

@@ -2,16 +2,20 @@
 
     --train-mode end_to_end             backbone + classifier on images (default)
     --train-mode linear_fixed_features  only a linear layer, on the pooled features that
-                                        `preproc/extract_features.py` cached (no image is read)
+                                        `python -m preproc.extract_features` cached (no image is read)
     --train-mode linear_init            the linear phase (--linear-epochs, 25), then end-to-end
                                         fine-tuning (--epochs) from its best classifier
 
-Feature files sit beside the formatted files, in the same row order:
+Feature files hold one row per row of the formatted files, in the same order; by
+default they sit beside them (`--train-features` / `--test-features` name others):
 
-    <data dir>/train_features_<backbone>.npy   (N_official_train, D) float32
-    <data dir>/val_features_<backbone>.npy     (N_official_val = test, D) float32
+    <data dir>/train_features_<backbone>.npy   (N_official_train, D) float
+    <data dir>/val_features_<backbone>.npy     (N_official_val = test, D) float
 
 A dataset folder holding them and no images is valid for `linear_fixed_features`.
+Both linear phases train every epoch and keep the best (Cole et al.'s protocol: no early stop).
+Features are only as good as the backbone: a randomly initialised one (digits_cnn has
+no pretrained weights) gives features a linear layer cannot do much with, and the run says so.
 A backbone without pretrained weights (e.g. `digits_cnn`) is initialised with
 FEATURE_SEED both when features are extracted and when `linear_init` fine-tunes,
 so the fine-tuned network is the one the linear classifier was trained on.
@@ -19,6 +23,7 @@ so the fine-tuned network is the one the linear classifier was trained on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -62,9 +67,7 @@ def create_feature_backbone(name: str, pretrained: bool) -> Backbone:
         return create_backbone(name, pretrained)
 
 
-def load_features(data_dir: Path, split: str, dataset: str, backbone: str, num_rows: int) -> np.ndarray:
-    path = feature_path(data_dir, split, backbone)
-    fix = f"run `python -m preproc.extract_features -d {dataset} -m {backbone} --data-dir {data_dir}`"
+def load_features(path: Path, num_rows: int, fix: str) -> np.ndarray:
     features = load_npy(path, fix)
     if features.ndim != 2 or features.shape[0] != num_rows:
         raise UserError(f"{path} has shape {features.shape} but its label files have {num_rows} rows; "
@@ -72,6 +75,15 @@ def load_features(data_dir: Path, split: str, dataset: str, backbone: str, num_r
     if features.dtype.kind != "f":
         raise UserError(f"{path} holds {features.dtype} values, expected floating-point features: {fix}")
     return np.ascontiguousarray(features, dtype=np.float32)
+
+
+def _feature_files(cfg: Config) -> tuple[Path, Path, str]:
+    """(train features, test features, how to provide them) of the run."""
+    train = cfg.train_features or feature_path(cfg.data_dir, "train", cfg.model)
+    test = cfg.test_features or feature_path(cfg.data_dir, "val", cfg.model)
+    fix = (f"extract them with `python -m preproc.extract_features -d {cfg.dataset} -m {cfg.model} --data-dir "
+           f"{cfg.data_dir}`, or point at existing files with --train-features / --test-features")
+    return train, test, fix
 
 
 class FeatureDataset(Dataset):
@@ -103,8 +115,9 @@ def feature_loaders(cfg: Config) -> tuple[dict[str, DataLoader], int, DatasetSpl
                          check_images=False)
     num_official_train = len(splits.train.images) + len(splits.val.images)
     train_idx, val_idx = generate_split(num_official_train, VAL_FRAC, SPLIT_SEED)  # the rows load_splits took
-    features = load_features(cfg.data_dir, "train", cfg.dataset, cfg.model, num_official_train)
-    test_features = load_features(cfg.data_dir, "val", cfg.dataset, cfg.model, len(splits.test.images))
+    train_path, test_path, fix = _feature_files(cfg)
+    features = load_features(train_path, num_official_train, fix)
+    test_features = load_features(test_path, len(splits.test.images), fix)
     if test_features.shape[1] != features.shape[1]:
         raise UserError(f"train features have {features.shape[1]} dimensions but test features {test_features.shape[1]}")
     train = FeatureDataset(features[train_idx], splits.train.labels)
@@ -139,6 +152,10 @@ def run_linear_mode(cfg: Config) -> dict:
     a completed phase and resumes the other (trainer.resumed_phase).
     """
     loaders, feature_dim, splits = feature_loaders(cfg)
+    if not cfg.pretrained and cfg.train_features is None:
+        log.warning(f"{cfg.model} features come from a randomly initialised network (no pretrained weights): a linear "
+                    f"layer on them learns little (on digits, val mAP near the base rate); the linear modes are for "
+                    f"pretrained backbones (e.g. -m resnet50 with its ImageNet weights)")
     device = torch.device(cfg.device)
     linear_epochs = cfg.epochs if cfg.train_mode == "linear_fixed_features" else cfg.linear_epochs
     classifier = nn.Linear(feature_dim, splits.num_classes).to(device)
@@ -149,7 +166,8 @@ def run_linear_mode(cfg: Config) -> dict:
 
     if not cfg.resume:
         claim_run_folder(cfg.out, cfg.to_dict())  # what --resume reads
-    linear_cfg, linear = resumed_phase(cfg, cfg.out / "linear", loss_fn)
+    # the linear phase trains every epoch and keeps the best, as Cole et al.'s
+    linear_cfg, linear = resumed_phase(dataclasses.replace(cfg, patience=0), cfg.out / "linear", loss_fn)
     if linear is None:
         with single_thread_on_cpu(device):
             linear = train_and_record(linear_cfg, cfg.out / "linear", classifier, loss_fn, loaders, linear_epochs)

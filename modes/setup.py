@@ -21,7 +21,7 @@ from methods.base import SPMLLoss
 from methods.vlpl.scores import train_similarities
 from methods.vlpl.towers import ClipSpec
 from models import MultiLabelModel
-from presets import PRESETS
+from presets import preset_of
 from training.checkpoint import seed_all
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,13 @@ def build_loss(cfg: Config, train: Split, num_classes: int, device: torch.device
 
 def image_views(cfg: Config) -> int:
     """How many views of each train image the loss may see: 2 when the dataset's train transform flips."""
-    return 2 if PRESETS[cfg.dataset].hflip else 1
+    return 2 if preset_of(cfg.dataset).hflip else 1
 
 
 def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
                  flip_views: bool = False) -> dict[str, DataLoader]:
     """`flip_views`: the train set flips images itself and reports it in the index (see ImageDataset)."""
-    hflip = PRESETS[cfg.dataset].hflip
+    hflip = preset_of(cfg.dataset).hflip
     train_tf = model.preprocess.transform(train=True, hflip=hflip and not flip_views)
     eval_tf = model.preprocess.transform(train=False, hflip=False)
     common = dict(batch_size=cfg.bsize, num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu",

@@ -25,7 +25,7 @@ from datasets import ImageDataset, Split, load_split_files, resolve_images
 from errors import UserError
 from fileio import save_npy_atomic
 from models import BACKBONES, Backbone
-from modes.linear import create_feature_backbone, feature_path
+from modes.linear import FEATURE_SEED, create_feature_backbone, feature_path
 from presets import DATA_ROOT, PRESETS
 
 log = logging.getLogger("extract_features")
@@ -47,7 +47,11 @@ def extract_features(dataset: str, model: str, data_dir: Path, image_root: Path,
                      bsize: int = 64, num_workers: int = 0, pretrained: bool = True) -> list[Path]:
     if model not in BACKBONES:
         raise UserError(f"unknown model {model!r}; choose one of: {', '.join(sorted(BACKBONES))}")
-    backbone = create_feature_backbone(model, pretrained and BACKBONES[model].has_pretrained)
+    pretrained = pretrained and BACKBONES[model].has_pretrained
+    if not pretrained:
+        log.warning(f"{model}: randomly initialised (seed {FEATURE_SEED}), no pretrained weights: a linear layer on "
+                    f"these features learns little; they serve tests and linear_init's fine-tuning")
+    backbone = create_feature_backbone(model, pretrained)
     written = []
     for split in ("train", "val"):
         names, _, _ = load_split_files(data_dir, split, dataset)

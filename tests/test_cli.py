@@ -69,6 +69,8 @@ def test_flags_override_presets(tmp_path):
 
 def test_saved_paths_survive_a_change_of_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "mine").mkdir(parents=True)
+    (tmp_path / "t.npy").write_bytes(b"")
     cfg = parse_args(["-g", "cpu", "--data-dir", "data/mine", "--out", "runs/a", "--text-features", "t.npy"])
     saved = cfg.to_dict()
     assert saved["data_dir"] == str(tmp_path / "data" / "mine")
@@ -87,7 +89,8 @@ def one_error_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["-d", "imagenet"], "invalid choice: 'imagenet' (choose from"),
+    (["-d", "imagenet"], "-d imagenet is not one of the benchmarks (coco, cub, digits, nuswide, pascal); for a "
+                         "dataset of your own pass its folder with --data-dir"),
     (["-l", "focal"], "invalid choice: 'focal' (choose from"),
     (["--epochs", "0"], "must be > 0"),
     (["--lr", "-0.1"], "must be > 0"),

@@ -212,3 +212,26 @@ def test_search_resumes_where_it_was_cut(features_only, tmp_path, monkeypatch):
     assert rows(cut) == rows(tmp_path / "straight") and len(rows(cut)) == 4
     for point in ("lr0.01_bs4", "lr0.01_bs8", "lr0.001_bs8"):
         assert _epochs(cut / point) == _epochs(tmp_path / "straight" / point)
+
+
+def test_linear_modes_follow_coles_protocol_and_take_feature_files_by_flag(features_only, tmp_path, capsys):
+    elsewhere = tmp_path / "theirs"
+    elsewhere.mkdir()
+    for split, name in (("train", "trainval_feats.npy"), ("val", "test_feats.npy")):
+        (features_only / f"{split}_features_digits_cnn.npy").rename(elsewhere / name)
+    base = [*FAST, "--data-dir", str(features_only), "-l", "an", "--train-mode", "linear_fixed_features",
+            "--epochs", "4"]
+    assert main([*base, "--out", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "python -m preproc.extract_features" in err and "--train-features / --test-features" in err
+    out = tmp_path / "run"
+    assert main([*base, "--train-features", str(elsewhere / "trainval_feats.npy"),
+                 "--test-features", str(elsewhere / "test_feats.npy"), "--out", str(out)]) == 0
+    results = _results(out)
+    assert results["config"]["patience"] == 0 and len(results["epochs"]) == 4  # never stops early, as Cole et al.
+
+
+def test_linear_mode_on_a_randomly_initialised_backbone_says_so(features_only, tmp_path, capsys):
+    assert main([*FAST, "--data-dir", str(features_only), "-l", "an", "--train-mode", "linear_fixed_features",
+                 "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert "digits_cnn features come from a randomly initialised network" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -181,15 +182,20 @@ def test_text_features_file_checked_and_normalised(tmp_path):
         clip_scores.load_text_features(good, 3)
 
 
-def test_named_clip_model_without_weights_says_what_to_place(monkeypatch):
+def test_named_clip_model_without_weights_fails_at_once_saying_what_to_place(monkeypatch, tmp_path):
+    """Not in the local cache: an error at once, online or not (no network look-up that hangs)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     import huggingface_hub.constants
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     from methods.vlpl.towers import create_clip
 
-    with pytest.raises(UserError, match="vit_base_patch32_clip_224.openai.*--clip-weights"):
+    started = time.monotonic()
+    with pytest.raises(UserError, match="not in the local Hugging Face cache.*vit_base_patch32_clip_224.openai"
+                                        ".*--clip-weights"):
         create_clip(ClipSpec("ViT-B-32"))
+    assert time.monotonic() - started < 10
     with pytest.raises(UserError, match="neither an open_clip model name"):
         create_clip(ClipSpec("ViT-Nope"))
 
@@ -261,5 +267,5 @@ def test_em_pl_end_to_end_on_digits_with_a_tiny_clip(small_digits, tiny_clip, tm
     assert len(list((small_digits / "clip_scores").glob("*.npy"))) == 1
     # bad flags: one line, exit code 2
     assert main(argv + ["-p", "1.5", "--out", str(tmp_path / "run2")]) == 2
-    assert "error: -p/--partial must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert "error: argument -p/--partial: must be in [0, 1), got 1.5" in capsys.readouterr().err
     assert not (tmp_path / "run2").exists()

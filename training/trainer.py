@@ -89,9 +89,9 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                                      "rng": rng_state(train_gen), **meta})
 
     try:
-        log.info(f"config: {cfg.to_dict()}")
-        log.info(f"{cfg.dataset}: {len(loaders['train'].dataset)} train / {len(loaders['val'].dataset)} val / "
-                 f"{len(loaders['test'].dataset)} test, device {device}, {epochs} epochs -> {out}")
+        log.info(f"{cfg.dataset} ({len(loaders['train'].dataset)} train / {len(loaders['val'].dataset)} val / "
+                 f"{len(loaders['test'].dataset)} test), loss {cfg.loss}, model {cfg.model}, device {device}, "
+                 f"{epochs} epochs, batch {cfg.bsize}, lr {cfg.lr:g} -> {out} (every setting: config.json)")
         if ckpt is not None:
             log.info(f"resuming {out} after epoch {state.epoch}")
         try:
@@ -103,9 +103,15 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                 ("interrupted", "interrupted by the user (Ctrl-C)")
             run_log.write_results(state.summary(), status, reason=reason, last_completed_epoch=state.epoch)
             # A diverged run resumed would replay the same steps: the way on is a new run (lower --lr).
-            then = "" if status == "diverged" else f"; `python main.py --resume {cfg.out}` continues from there"
-            log.error(f"stopped during epoch {state.epoch + 1}: {LAST} and results.json (marked {status}) hold "
-                      f"epoch {state.epoch}{then}")
+            resume = f"`python main.py --resume {cfg.out}`"
+            if state.epoch == 0:
+                then = "" if status == "diverged" else f"; {resume} starts it again"
+                log.error(f"stopped during epoch 1: no epoch completed, no checkpoint written; results.json is "
+                          f"marked {status}{then}")
+            else:
+                then = "" if status == "diverged" else f"; {resume} continues from there"
+                log.error(f"stopped during epoch {state.epoch + 1}: {LAST} and results.json (marked {status}) hold "
+                          f"epoch {state.epoch}{then}")
             raise
         run_log.write_results(state.summary(), "completed")
         log.info(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "

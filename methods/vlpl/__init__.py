@@ -4,11 +4,4 @@
     towers.py  open_clip models built offline (the frozen scorer, the clip_vision backbone)
     scores.py  the train images' CLIP cosines, computed once and cached on disk
 """
-from methods.vlpl.loss import (  # noqa: F401
-                               VLPLLoss,
-                               check_vlpl_settings,
-                               loss_em_pl,
-                               loss_em_pl_asl,
-                               pseudo_labels,
-                               vlpl_defaults,
-)
+from methods.vlpl.loss import VLPLLoss, loss_em_pl, loss_em_pl_asl, pseudo_labels, vlpl_defaults  # noqa: F401

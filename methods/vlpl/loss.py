@@ -31,14 +31,12 @@ it; matching its values means no clipping here either.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Callable
 
 import numpy as np
 import torch
 
 from config import LossHyper
-from errors import UserError
 from methods.base import (
     Builder,
     SPMLLoss,
@@ -137,13 +135,3 @@ class VLPLLoss(SPMLLoss):
         if not self.active:
             return loss_em(logits, targets, self.hp.alpha)
         return self.fn(logits, targets, self.pseudo[index], **self.hparams)
-
-
-def check_vlpl_settings(hp: LossHyper) -> None:
-    """Cross-field checks of the pseudo-label flags, naming the flag."""
-    if not hp.temp > 0 or not math.isfinite(hp.temp):
-        raise UserError(f"-t/--temp must be > 0, got {hp.temp}")
-    if not 0.0 <= hp.pl_threshold < 1.0:
-        raise UserError(f"-th/--pl-threshold must be in [0, 1), got {hp.pl_threshold}")
-    if not 0.0 <= hp.partial < 1.0:
-        raise UserError(f"-p/--partial must be in [0, 1), got {hp.partial}")

@@ -88,11 +88,29 @@ def _check(spec: ClipSpec) -> None:
         raise UserError(f"--clip-weights {spec.weights}: no such file")
 
 
-def _hf_location(name: str) -> str:
-    cfg = _open_clip().get_pretrained_cfg(name, CLIP_TAG) or {}
+def _cached_weights(name: str) -> Path:
+    """The local file of `name`'s OpenAI weights in the Hugging Face cache; an error at once when it is not there.
+
+    Never a download attempt: on a machine without network it waits close to a minute
+    in silence before failing, and a run should not depend on one.
+    """
+    cfg = _open_clip().get_pretrained_cfg(name, CLIP_TAG)
+    if not cfg:
+        raise UserError(f"--clip-model {name} has no {CLIP_TAG} weights in open_clip; pass --clip-weights PATH")
     repo = cfg.get("hf_hub", "").rstrip("/")
-    return (f"Hugging Face repo {repo} (open_clip_model.safetensors or open_clip_pytorch_model.bin) in the hub cache "
-            f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}") if repo else "open_clip's cache"
+    if not repo:
+        raise UserError(f"{name} ({CLIP_TAG}) weights are only on {cfg.get('url', 'a URL')}: download the file and "
+                        f"pass --clip-weights PATH")
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        hit = try_to_load_from_cache(repo, filename)
+        if isinstance(hit, str):
+            return Path(hit)
+    cache = os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub")
+    raise UserError(f"CLIP weights for {name} ({CLIP_TAG}) are not in the local Hugging Face cache {cache}: download "
+                    f"them once with `huggingface-cli download {repo} open_clip_model.safetensors`, or pass "
+                    f"--clip-weights PATH (an open_clip checkpoint of {name})")
 
 
 def create_clip(spec: ClipSpec) -> nn.Module:
@@ -108,31 +126,20 @@ def create_clip(spec: ClipSpec) -> nn.Module:
 def _create_clip(spec: ClipSpec) -> nn.Module:
     _check(spec)
     open_clip = _open_clip()
-    if spec.weights is not None:
-        # OpenAI's weights were trained with QuickGELU; open_clip only infers it from the tag, not from a file.
-        quick_gelu = bool((open_clip.get_pretrained_cfg(spec.name, CLIP_TAG) or {}).get("quick_gelu"))
-        try:
-            model = open_clip.create_model(spec.name, pretrained=str(spec.weights), force_quick_gelu=quick_gelu)
-        except Exception as err:  # wrong architecture, truncated file...
-            raise UserError(f"--clip-weights {spec.weights} does not load into {spec.name} ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:200]})") from err
-    elif spec.is_config_file:
+    if spec.is_config_file and spec.weights is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model = open_clip.create_model(spec.name, pretrained=None)
-    else:
-        where = (f"place {_hf_location(spec.name)}, or pass --clip-weights PATH "
-                 f"(an open_clip checkpoint of {spec.name})")
-        cfg = open_clip.get_pretrained_cfg(spec.name, CLIP_TAG)
-        if not cfg:
-            raise UserError(f"--clip-model {spec.name} has no {CLIP_TAG} weights in open_clip; pass --clip-weights PATH")
-        if os.environ.get("HF_HUB_OFFLINE") == "1" and not cfg.get("hf_hub"):  # open_clip would fetch a URL
-            raise UserError(f"HF_HUB_OFFLINE=1 and {spec.name} ({CLIP_TAG}) is only on a URL: pass --clip-weights PATH")
-        try:
-            model = open_clip.create_model(spec.name, pretrained=CLIP_TAG)
-        except Exception as err:  # not cached and offline / no network
-            offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-            raise UserError(f"CLIP weights for {spec.name} ({CLIP_TAG}) are not available{offline}: {where}") from err
+        return model.eval()
+    weights = spec.weights or _cached_weights(spec.name)
+    # OpenAI's weights were trained with QuickGELU; open_clip only infers it from the tag, not from a file.
+    quick_gelu = bool((open_clip.get_pretrained_cfg(spec.name, CLIP_TAG) or {}).get("quick_gelu"))
+    try:
+        model = open_clip.create_model(spec.name, pretrained=str(weights), force_quick_gelu=quick_gelu)
+    except Exception as err:  # wrong architecture, truncated file...
+        source = f"--clip-weights {weights}" if spec.weights else f"the cached file {weights}"
+        raise UserError(f"{source} does not load into {spec.name} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200]})") from err
     return model.eval()
 
 
