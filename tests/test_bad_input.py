@@ -84,12 +84,14 @@ def test_out_under_a_file_or_unwritable(capsys, tmp_path, small_digits, monkeypa
     assert code == 2 and "cannot write in" in error_line(err) and not (tmp_path / "new").exists()
 
 
-def test_empty_test_split(capsys, tmp_path, digits_master):
+@pytest.mark.parametrize("split, expected", [("val", "the test set would be empty"),
+                                             ("train", "the train and val sets would be empty")])
+def test_empty_split(capsys, tmp_path, digits_master, split, expected):
     data = slice_digits(digits_master, tmp_path / "digits", 120, 60, copy_images=False)
     for kind in ("images", "labels", "labels_obs"):
-        array = np.load(data / f"formatted_val_{kind}.npy")
-        np.save(data / f"formatted_val_{kind}.npy", array[:0])
-    assert "lists no image, so the test set would be empty" in refused(capsys, tmp_path, "--data-dir", data)
+        array = np.load(data / f"formatted_{split}_{kind}.npy")
+        np.save(data / f"formatted_{split}_{kind}.npy", array[:0])
+    assert expected in refused(capsys, tmp_path, "--data-dir", data)
 
 
 def test_garbage_weights_and_checkpoints(capsys, tmp_path, small_digits):
@@ -140,6 +142,8 @@ def test_short_trial_runs_of_the_default_loss(capsys, tmp_path, small_digits, ep
     assert f"warm-up is shortened from 2 to {int(epochs) - 1} epoch(s)" in err
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["loss"] == "EM_APL" and config["hyper"]["warmup_epochs"] == int(epochs) - 1
+    # one readable summary line, not the config dict
+    assert "loss EM_APL, model digits_cnn, device cpu" in err and "'hyper'" not in err
 
 
 def test_gpu_index_falls_back_only_without_cuda_and_says_so(capsys, tmp_path, monkeypatch):

@@ -54,3 +54,12 @@ def test_benchmark_commands_parse(argv, tmp_path, monkeypatch):
 @pytest.mark.parametrize("module", sorted({argv[0] for argv in commands("python -m ")} - {"pytest"}))
 def test_python_m_modules_exist(module):
     assert importlib.util.find_spec(module) is not None, module
+
+
+def test_help_and_readme_cite_papers_not_internal_documents(capsys):
+    assert main(["-h"]) == 0
+    help_text = capsys.readouterr().out
+    for text in (README, help_text):
+        assert "SPEC" not in text
+    iu_help = help_text[help_text.index("iu:"):help_text.index("pr:")]
+    assert "--num-neg" not in iu_help  # a flag of preproc.generate_observed_labels, not of main.py
