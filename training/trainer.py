@@ -97,6 +97,13 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
         try:
             state = fit(model, loss_fn, optimizer, loaders, device, epochs, cfg.patience, cfg.threshold, run_log,
                         state=state, on_epoch_end=save_checkpoints)
+        except RuntimeError as err:
+            if "does not have a deterministic implementation" not in str(err):
+                raise
+            # PyTorch names the op in the first line of its message: one line for the user, not a traceback.
+            op = str(err).splitlines()[0].split(" does not have")[0]
+            raise UserError(f"--deterministic: {op} has no deterministic implementation on {device}; "
+                            f"drop --deterministic or use another --model") from err
         except (NonFiniteLoss, KeyboardInterrupt) as err:
             # Nothing of the unfinished epoch is kept: last.pt and best.pt stay as the last completed epoch left them.
             status, reason = ("diverged", str(err)) if isinstance(err, NonFiniteLoss) else \
