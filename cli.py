@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from config import Config, LossHyper
+from device_decode import DECODERS
 from errors import UserError
 from fileio import read_json
 from losses import LOSSES
@@ -29,6 +30,7 @@ from presets import (
     TRAIN_MODES,
 )
 from training.checkpoint import load_checkpoint
+from training.speed import AMP_DTYPES, check_amp
 
 # The only flags that may accompany --resume / --eval-only: where and how fast to run, not what.
 _RESUME_FLAGS = {"resume", "gpu", "num_workers"}
@@ -125,7 +127,39 @@ def build_parser() -> argparse.ArgumentParser:
     vl.add_argument("--clip-weights", type=Path, help="local open_clip checkpoint for --clip-model (default: OpenAI weights from open_clip's cache)")
     vl.add_argument("--text-features", type=Path, help="(num_classes, D) .npy class text embeddings (VLPL's *text_feature.npy) instead of prompts")
     vl.add_argument("--prompt-template", default=DEFAULT_PROMPT, help=f"class prompt for the CLIP text tower (default: {DEFAULT_PROMPT!r})")
+    sp = p.add_argument_group("speed on a GPU (each changes the numbers slightly; the default is the references' "
+                              "PIL decoding in fp32, so published numbers reproduce)")
+    sp.add_argument("--fast", action="store_true",
+                    help="the fast preset: --decode gpu, and on CUDA --amp bf16 --channels-last "
+                         "(a flag given explicitly wins)")
+    sp.add_argument("--decode", choices=DECODERS,
+                    help="pil: decode and resize with PIL in the loader workers; gpu: workers only read the files, "
+                         "batches are decoded (torchvision.io), resized, flipped and normalised on the run's device "
+                         "(default: pil; gpu with --fast)")
+    sp.add_argument("--amp", choices=tuple(AMP_DTYPES),
+                    help="bf16: autocast the forward to bfloat16, the loss in fp32 (default: off; bf16 with --fast on CUDA)")
+    sp.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                    help="channels-last memory format for convolutional backbones (default: off; on with --fast on CUDA)")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the model (first epoch slower; default: off)")
     return p
+
+
+def _speed_settings(args: argparse.Namespace, device: str) -> dict:
+    """--fast and the speed flags -> the Config fields; a flag given explicitly wins over --fast."""
+    cuda = device.startswith("cuda")
+    fast = args.fast
+    settings = {
+        "decode": args.decode or ("gpu" if fast else "pil"),
+        "amp": args.amp or ("bf16" if fast and cuda else "off"),
+        "channels_last": args.channels_last if args.channels_last is not None else fast and cuda,
+        "compile": args.compile,
+    }
+    try:
+        check_amp(settings["amp"], device)
+    except ValueError as err:
+        fix = "drop --fast or pass --amp off" if fast and args.amp is None else "drop --amp bf16"
+        raise UserError(f"--amp bf16: {err}; {fix}") from None
+    return settings
 
 
 def _default_loss() -> str:
@@ -245,6 +279,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         search=args.search,
         search_lrs=tuple(args.search_lrs),
         search_bsizes=tuple(args.search_bsizes),
+        **_speed_settings(args, _device(args.gpu)),
     )
     check_vlpl_settings(cfg.hyper)
     return cfg

@@ -34,6 +34,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.engine import NonFiniteLoss, TrainState, fit
+from training.speed import StepOptions, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                      epochs: int, info: dict | None = None) -> TrainState:
     """Train `epochs` epochs into the run folder `out` (resumed from its last.pt with --resume)."""
     device = torch.device(cfg.device)
+    options = StepOptions.from_config(cfg)
+    prepare_model(model, options, cfg.compile)
     optimizer = torch.optim.Adam([{"params": model.parameters()}, *loss_fn.param_groups(cfg.lr)], lr=cfg.lr)
     ckpt = _checkpoint_of(cfg, out)
     state = _train_state(out, ckpt)
@@ -96,7 +99,7 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
             log.info(f"resuming {out} after epoch {state.epoch}")
         try:
             state = fit(model, loss_fn, optimizer, loaders, device, epochs, cfg.patience, cfg.threshold, run_log,
-                        state=state, on_epoch_end=save_checkpoints)
+                        state=state, on_epoch_end=save_checkpoints, options=options)
         except RuntimeError as err:
             if "does not have a deterministic implementation" not in str(err):
                 raise
