@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -38,6 +39,9 @@ from errors import UserError
 from preprocess import Preprocess
 
 log = logging.getLogger(__name__)
+# torchvision 0.29 deprecates its decoders for TorchCodec's and warns on every call; if they go,
+# check_device_decode refuses --decode gpu in one line.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated")
 
 DECODERS = ("pil", "gpu")
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
