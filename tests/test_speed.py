@@ -211,3 +211,18 @@ def test_predict_returns_a_tensor_autograd_can_use():
     scores = engine.predict(model, loader, CPU)
     assert not scores.is_inference()
     (scores * torch.ones(4, 2, requires_grad=True)).sum().backward()  # APL multiplies its soft labels in
+
+
+def test_resume_accepts_a_checkpoint_written_before_the_speed_settings(tmp_path):
+    """A run started before --decode/--amp existed ran with their defaults: it resumes; another setting does not."""
+    import dataclasses
+
+    from training.checkpoint import LAST, save_checkpoint
+    from training.trainer import _checkpoint_of
+
+    cfg = dataclasses.replace(parse_args(["-g", "cpu", "--out", str(tmp_path)]), resume=True)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("decode", "amp", "channels_last", "compile")}
+    save_checkpoint(tmp_path / LAST, {"config": old, "model": {}})
+    assert _checkpoint_of(cfg, tmp_path)["config"] == old
+    with pytest.raises(UserError, match="another configuration"):
+        _checkpoint_of(dataclasses.replace(cfg, amp="bf16"), tmp_path)

@@ -60,7 +60,10 @@ def _checkpoint_of(cfg: Config, out: Path) -> dict | None:
     if not (out / LAST).is_file():
         raise UserError(f"--resume {out}: no {LAST} there; that folder does not hold a run of this configuration")
     ckpt = load_checkpoint(out / LAST)
-    if ckpt["config"] != cfg.to_dict() | {k: ckpt["config"].get(k) for k in ("device", "num_workers", "out")}:
+    # A checkpoint written before a setting existed ran with its default (e.g. --decode pil): fill those in.
+    saved = {f.name: f.default for f in dataclasses.fields(Config) if f.name not in ckpt["config"]
+             and f.default is not dataclasses.MISSING and f.name in cfg.to_dict()} | ckpt["config"]
+    if saved != cfg.to_dict() | {k: ckpt["config"].get(k) for k in ("device", "num_workers", "out")}:
         raise UserError(f"{out / LAST} was written with another configuration than {out / 'config.json'}")
     return ckpt
 
