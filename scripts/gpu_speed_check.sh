@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 14's checks on a GPU, in one run (about 6 to 8 minutes on one H100/H200):
+# Issue 14's checks on a GPU, in one run (about 8 minutes on one H100/H200):
 #   1. --deterministic on CUDA with the default digits model: runs, and twice gives the same metrics;
+#      then one epoch each of resnet18, convnext_tiny and a tiny clip_vision (random weights);
 #   2. the decoding tests on CUDA (nvJPEG against PIL: RGB, grayscale and CMYK JPEGs, PNG, flips);
 #   3. digits, 3 epochs: default (PIL, fp32) against --fast (device decode, bf16, channels-last);
 #   4. the throughput benchmark at the paper's setting (ResNet-50, 448 px, batch 16, 8 workers).
@@ -25,6 +26,12 @@ echo "== 1. --deterministic on CUDA"
 python main.py -g 0 --deterministic --epochs 3 --out "$OUT/det_a" 2>&1 | tail -2
 python main.py -g 0 --deterministic --epochs 3 --out "$OUT/det_b" 2>&1 | tail -1
 metrics "$OUT/det_a" "$OUT/det_b"
+# every other kind of built-in model, one epoch each (ResNet/ConvNeXt pool with a mean; CLIP: attention)
+python -c "import json, sys; sys.path.insert(0, 'tests'); from conftest import TINY_CLIP; print(json.dumps(TINY_CLIP))" > "$OUT/tiny_clip.json"
+for model in "resnet18" "convnext_tiny" "clip_vision --clip-model $OUT/tiny_clip.json"; do
+    echo "-- --deterministic -m $model"
+    python main.py -g 0 --deterministic -l EM --epochs 1 --no-pretrained -m $model --out "$OUT/det_${model%% *}" 2>&1 | tail -1
+done
 echo "== 2. decoding on CUDA against PIL"
 python -m pytest -q -s tests/test_speed.py -k "device_decode_matches" -p no:warnings 2>&1 | grep -E "cuda|passed|failed" | sort | uniq -c | tail -8
 echo "== 3. digits: default against --fast"

@@ -226,3 +226,11 @@ def test_resume_accepts_a_checkpoint_written_before_the_speed_settings(tmp_path)
     assert _checkpoint_of(cfg, tmp_path)["config"] == old
     with pytest.raises(UserError, match="another configuration"):
         _checkpoint_of(dataclasses.replace(cfg, amp="bf16"), tmp_path)
+
+
+def test_compile_compiles_in_place(monkeypatch):
+    """--compile uses nn.Module.compile: the module, and its checkpoint keys, stay the same."""
+    called = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: called.append(self))
+    model = torch.nn.Linear(2, 2)
+    assert speed.prepare_model(model, speed.StepOptions(), compile_model=True) is model and called == [model]
