@@ -73,8 +73,9 @@ class FileBytesDataset(Dataset):
             raise unreadable_image(path, err) from err
         flipped = self.flip and bool(torch.rand(1) < 0.5)  # the draw of T.RandomHorizontalFlip
         view = index + len(self.images) * int(flipped and self.flip_views)
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8), \
-            self.labels[index], view, flipped
+        # an empty file has no buffer to wrap; the decoder then reports it unreadable
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        return encoded, self.labels[index], view, flipped
 
 
 def collate_bytes(batch: list):
