@@ -62,7 +62,7 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> Path:
         for i in range(count):
             # Smooth colour blobs plus noise: about the 160 KB of a COCO JPEG at quality 90
             blobs = Image.fromarray(rng.randint(0, 256, (30, 40, 3), dtype=np.uint8)).resize((640, 480), Image.BICUBIC)
-            noisy = np.asarray(blobs, dtype=np.int16) + rng.randint(-12, 13, (480, 640, 3))
+            noisy = np.asarray(blobs, dtype=np.int16) + rng.randint(-30, 31, (480, 640, 3))
             name = f"{split}_{i:05d}.jpg"
             Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(root / "images" / name, quality=90)
             names.append(name)
