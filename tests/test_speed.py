@@ -234,3 +234,21 @@ def test_compile_compiles_in_place(monkeypatch):
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: called.append(self))
     model = torch.nn.Linear(2, 2)
     assert speed.prepare_model(model, speed.StepOptions(), compile_model=True) is model and called == [model]
+
+
+def test_a_non_deterministic_op_stops_with_one_line(small_digits, tmp_path, monkeypatch, capsys):
+    import training.trainer
+
+    def fit(*args, **kwargs):  # what PyTorch raises on CUDA under use_deterministic_algorithms(True)
+        raise RuntimeError("adaptive_max_pool2d_backward_cuda does not have a deterministic implementation, "
+                           "but you set 'torch.use_deterministic_algorithms(True)'.\nYou can turn off ...")
+
+    monkeypatch.setattr(training.trainer, "fit", fit)
+    try:
+        assert main(["-g", "cpu", "-l", "an", "--epochs", "1", "--data-dir", str(small_digits),
+                     "--out", str(tmp_path / "run"), "--deterministic"]) == 2
+    finally:
+        torch.use_deterministic_algorithms(False)  # a process-wide setting: not for the tests after this one
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: --deterministic: adaptive_max_pool2d_backward_cuda has no deterministic implementation "
+                   "on cpu; drop --deterministic or use another --model")
