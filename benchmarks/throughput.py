@@ -13,7 +13,8 @@ file size) in a temp folder, then measures, each after a warm-up:
       Adam) in fp32, fp32 + channels_last, bf16 + channels_last; and its eval forward;
   (c) real training steps: `training.engine.train_one_epoch` over the tool's own
       loaders (`modes.setup.make_loaders`), for each pipeline and precision, with
-      the ratio (c)/(b) at the same precision: how close the loop gets to the model's rate.
+      the ratio (c)/(b) at the same precision: how close the loop gets to the model's rate;
+      and `training.engine.evaluate` over val + test (the rest of an epoch).
 
 Weights are random (timing only, no download). `--json PATH` also writes the figures.
 """
@@ -37,7 +38,7 @@ from device_decode import check_device_decode
 from fileio import save_npy_atomic
 from models import MultiLabelModel, create_backbone
 from modes.setup import build_loss, make_loaders
-from training.engine import train_one_epoch
+from training.engine import evaluate, train_one_epoch
 from training.speed import AMP_DTYPES, StepOptions, prepare_model
 
 CLASSES = 80  # COCO's
@@ -139,8 +140,9 @@ def bench_backbone(args, precision: str, steps: int, train: bool = True) -> floa
     return steps * args.bsize / (time.perf_counter() - started)
 
 
-def bench_training(args, data: Path, splits, decode: str, amp: str, channels_last: bool) -> float:
-    """(c) images/s of `train_one_epoch` over the tool's loaders; the first epoch is the warm-up."""
+def bench_training(args, data: Path, splits, decode: str, amp: str, channels_last: bool) -> tuple[float, float]:
+    """(c) images/s of `train_one_epoch` over the tool's loaders (the first epoch is the warm-up),
+    and of `evaluate` over val + test: the two halves of an epoch of `fit`."""
     device = torch.device(args.device)
     cfg = _config(args, data, decode, amp, channels_last)
     model = _model(args, device)
@@ -153,7 +155,13 @@ def bench_training(args, data: Path, splits, decode: str, amp: str, channels_las
     _sync(device)
     started = time.perf_counter()
     train_one_epoch(model, loader, loss_fn, optimizer, device, 2, options)  # ends with a host sync (the losses)
-    return len(splits.train.images) / (time.perf_counter() - started)
+    train_rate = len(splits.train.images) / (time.perf_counter() - started)
+    loaders = make_loaders(cfg, splits, model)
+    started = time.perf_counter()
+    for split in ("val", "test"):  # each ends with the scores copied to the host
+        evaluate(model, loaders[split], device, cfg.threshold, split, options)
+    eval_rate = (len(splits.val.images) + len(splits.test.images)) / (time.perf_counter() - started)
+    return train_rate, eval_rate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,10 +220,12 @@ def main(argv: list[str] | None = None) -> dict:
                 precision = "bf16+cl" if amp == "bf16" else "fp32"
                 if decode not in decodes or precision not in precisions:
                     continue
-                rate = bench_training(args, data, splits, decode, amp, channels_last)
+                rate, eval_rate = bench_training(args, data, splits, decode, amp, channels_last)
                 ratio = rate / results["backbone"].get(precision, float("nan"))
-                results["training"][name] = {"images_per_s": rate, "ratio_to_backbone": ratio}
-                print(f"(c) training steps, {name:28s}: {rate:9.1f} images/s  = {ratio:.2f} x (b) {precision}")
+                results["training"][name] = {"images_per_s": rate, "ratio_to_backbone": ratio,
+                                             "eval_images_per_s": eval_rate}
+                print(f"(c) training steps, {name:28s}: {rate:9.1f} images/s  = {ratio:.2f} x (b) {precision}; "
+                      f"evaluation (val + test) {eval_rate:9.1f} images/s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:

@@ -16,7 +16,8 @@ def test_throughput_benchmark_smoke(tmp_path, capsys):
     assert set(results["pipeline"]) == {"pil", "gpu"}  # decoding on the CPU through the --decode gpu code path
     assert set(results["training"]) == {"pil fp32 (default)", "gpu-decode fp32"}
     rates = [*results["pipeline"].values(), results["backbone"]["fp32"],
-             *(r["images_per_s"] for r in results["training"].values())]
+             *(r["images_per_s"] for r in results["training"].values()),
+             *(r["eval_images_per_s"] for r in results["training"].values())]
     assert all(math.isfinite(rate) and rate > 0 for rate in rates)
     assert "(c) training steps, gpu-decode fp32" in printed and json.loads(out.read_text()) == results
 
