@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 
 from class_names import load_class_names
 from config import Config
-from device_decode import check_device_decode, device_loader
 from datasets import DatasetSplits, ImageDataset, Split, collate_skipping
+from device_decode import check_device_decode, device_loader
 from losses import create_loss
 from methods.base import SPMLLoss
 from methods.vlpl.scores import train_similarities

@@ -2,7 +2,6 @@
 --channels-last, the losses read once per window, and the deterministic digits CNN."""
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
