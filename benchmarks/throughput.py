@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         started = time.perf_counter()
         data = make_dataset(tmp / "coco_like", args.images)
-        size_kb = sum(p.stat().st_size for p in (data / "images").iterdir()) / 1024 / len(list((data / "images").iterdir()))
+        files = list((data / "images").iterdir())
+        size_kb = sum(p.stat().st_size for p in files) / 1024 / len(files)
         print(f"dataset: {args.images} train JPEGs 640x480, {size_kb:.0f} KB each, made in "
               f"{time.perf_counter() - started:.1f} s; device {device}, {args.model} at "
               f"{_model(args, torch.device('cpu')).preprocess.size} px, batch {args.bsize}, {args.workers} workers")
