@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from config import Config, LossHyper
+from device_decode import DECODERS
 from errors import UserError
 from fileio import read_json
 from losses import LOSSES
@@ -23,6 +24,7 @@ from preflight import existing_file, existing_folder, new_run_folder, writable_f
 from presets import (DATA_ROOT, DEFAULT_CLIP_MODEL, DEFAULT_PROMPT, LINEAR_EPOCHS, PRESETS, REPO_ROOT, SEARCH_BSIZES,
                      SEARCH_LRS, TRAIN_MODES, custom_preset, preset_of)
 from training.checkpoint import load_checkpoint
+from training.speed import AMP_DTYPES, check_amp
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     vl.add_argument("--clip-weights", type=Path, help="local open_clip checkpoint for --clip-model (default: OpenAI weights from open_clip's cache)")
     vl.add_argument("--text-features", type=Path, help="(num_classes, D) .npy class text embeddings (VLPL's *text_feature.npy) instead of prompts")
     vl.add_argument("--prompt-template", default=DEFAULT_PROMPT, help=f"class prompt for the CLIP text tower (default: {DEFAULT_PROMPT!r})")
+    sp = p.add_argument_group("speed on a GPU (each changes the numbers slightly; the default is the references' "
+                              "PIL decoding in fp32, so published numbers reproduce)")
+    sp.add_argument("--fast", action="store_true",
+                    help="the fast preset on CUDA: --decode gpu --amp bf16 --channels-last (a flag given "
+                         "explicitly wins); no effect on the CPU")
+    sp.add_argument("--decode", choices=DECODERS,
+                    help="pil: decode and resize with PIL in the loader workers; gpu: workers only read the files, "
+                         "batches are decoded (torchvision.io), resized, flipped and normalised on the run's device "
+                         "(default: pil; gpu with --fast on CUDA)")
+    sp.add_argument("--amp", choices=tuple(AMP_DTYPES),
+                    help="bf16: autocast the forward to bfloat16, the loss in fp32 (default: off; bf16 with --fast on CUDA)")
+    sp.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                    help="channels-last memory format for convolutional backbones (default: off; on with --fast on CUDA)")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the model (first epoch slower; default: off)")
     return p
 
 
@@ -153,6 +169,25 @@ def _dataset_name(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
         raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '_', '-' and '.' only")
     return text
+
+
+def _speed_settings(args: argparse.Namespace, device: str) -> dict:
+    """--fast and the speed flags -> the Config fields; a flag given explicitly wins over --fast."""
+    cuda = device.startswith("cuda")
+    fast = args.fast
+    settings = {
+        # On a CPU, decoding in the main process is slower than PIL in the workers: --fast is for CUDA only
+        "decode": args.decode or ("gpu" if fast and cuda else "pil"),
+        "amp": args.amp or ("bf16" if fast and cuda else "off"),
+        "channels_last": args.channels_last if args.channels_last is not None else fast and cuda,
+        "compile": args.compile,
+    }
+    try:
+        check_amp(settings["amp"], device)
+    except ValueError as err:
+        fix = "drop --fast or pass --amp off" if fast and args.amp is None else "drop --amp bf16"
+        raise UserError(f"--amp bf16: {err}; {fix}") from None
+    return settings
 
 
 def _default_loss() -> str:
@@ -257,12 +292,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
     out = args.out or REPO_ROOT / "runs" / f"{args.dataset}_{args.loss}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     new_run_folder(out.absolute())
     model = pick(args.model, preset.model)
+    device = _device(args.gpu)
     cfg = Config(
         dataset=args.dataset,
         loss=args.loss,
         model=model,
         seed=args.seed,
-        device=_device(args.gpu),
+        device=device,
         epochs=epochs,
         bsize=pick(args.bsize, loss_defaults.get("bsize", preset.bsize)),
         lr=pick(args.lr, preset.lr),
@@ -304,6 +340,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         search_bsizes=tuple(args.search_bsizes),
         train_features=args.train_features,
         test_features=args.test_features,
+        **_speed_settings(args, device),
     )
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "

@@ -69,6 +69,11 @@ class Config:
     # Linear modes: feature files given by flag (default: <data_dir>/{train,val}_features_<model>.npy).
     train_features: Path | None = None
     test_features: Path | None = None
+    # Speed (cli.py's last group, --fast): each changes the numbers slightly, so off by default.
+    decode: str = "pil"  # "pil": PIL in the loader workers (the references'); "gpu": torchvision.io on the run's device
+    amp: str = "off"  # "bf16": autocast of the forward (the loss stays fp32)
+    channels_last: bool = False  # NHWC memory format for convolutional backbones
+    compile: bool = False  # torch.compile the model
     # How this process was started, not what the run is: left out of config.json.
     resume: bool = False  # continue the run in `out` from its last.pt
     eval_only: Path | None = None  # score this checkpoint on val and test, train nothing

@@ -170,6 +170,12 @@ def load_splits(
     )
 
 
+def unreadable_image(path: str, err: Exception) -> UserError:
+    """The one error of an image that cannot be decoded, whichever decoder found it (PIL, device_decode)."""
+    return UserError(f"cannot read image {path}: {err} (re-extract it; --skip-bad-images skips "
+                     f"unreadable training images)")
+
+
 class ImageDataset(Dataset):
     """Yields (image tensor, label row, index); the index lets stateful losses address rows.
 
@@ -202,8 +208,7 @@ class ImageDataset(Dataset):
             if self.skip_unreadable:
                 log.warning(f"skipping unreadable image {path}: {err}")
                 return None
-            raise UserError(f"cannot read image {path}: {err} (re-extract it; --skip-bad-images skips "
-                            f"unreadable training images)") from err
+            raise unreadable_image(path, err) from err
         # torch's RNG, as T.RandomHorizontalFlip: seeded per DataLoader worker.
         flipped = self.flip_views and torch.rand(()).item() < 0.5
         if flipped:

@@ -154,6 +154,20 @@ def _resnet18(pretrained: bool) -> Backbone:
     return _torchvision_resnet("resnet18", tv.ResNet18_Weights, pretrained)
 
 
+class SpatialMax(nn.Module):
+    """Global max pooling, (B, C, H, W) -> (B, C), as a plain `amax` over H and W.
+
+    Not `nn.AdaptiveMaxPool2d(1)`: its CUDA backward has no deterministic
+    implementation, so `--deterministic` runs on a GPU would stop. The forward
+    values are the same (a max is exact); on ties the gradient is shared among
+    the tied positions instead of going to one of them, which only matters for
+    tied positive activations (tied zeros after a ReLU get no gradient either way).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))
+
+
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -169,7 +183,7 @@ def _digits_cnn(pretrained: bool) -> Backbone:
         _conv_block(3, 16), _conv_block(16, 16), nn.MaxPool2d(2),  # 24 -> 12
         _conv_block(16, 32), _conv_block(32, 32), nn.MaxPool2d(2),  # 12 -> 6
         _conv_block(32, 64),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+        SpatialMax(),
     )
     return Backbone(net, 64, Preprocess(24, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
 

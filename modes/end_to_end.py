@@ -18,6 +18,7 @@ from models import MultiLabelModel, create_backbone
 from modes.setup import build_loss, image_views, make_loaders
 from training.checkpoint import load_checkpoint
 from training.engine import evaluate
+from training.speed import StepOptions, prepare_model
 from training.trainer import train_and_record
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ def evaluate_checkpoint(cfg: Config) -> dict:
     model.load_state_dict(ckpt["model"])
     loaders = make_loaders(cfg, splits, model)
     device = torch.device(cfg.device)
-    scores = {split: evaluate(model, loaders[split], device, cfg.threshold, split) for split in ("val", "test")}
+    options = StepOptions.from_config(cfg)
+    prepare_model(model, options)
+    scores = {split: evaluate(model, loaders[split], device, cfg.threshold, split, options) for split in ("val", "test")}
     out = cfg.eval_only.parent / f"eval_{cfg.eval_only.stem}.json"
     write_json_atomic(out, {"checkpoint": str(cfg.eval_only), "epoch": ckpt["train_state"]["epoch"],
                             "config": cfg.to_dict(), **scores})

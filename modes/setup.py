@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from class_names import load_class_names
 from config import Config
 from datasets import DatasetSplits, ImageDataset, Split, collate_skipping
+from device_decode import check_device_decode, device_loader
 from losses import create_loss
 from methods.base import SPMLLoss
 from methods.vlpl.scores import train_similarities
@@ -74,6 +75,8 @@ def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
                  flip_views: bool = False) -> dict[str, DataLoader]:
     """`flip_views`: the train set flips images itself and reports it in the index (see ImageDataset)."""
     hflip = preset_of(cfg.dataset).hflip
+    if cfg.decode == "gpu":
+        return _device_decode_loaders(cfg, splits, model, hflip, flip_views)
     train_tf = model.preprocess.transform(train=True, hflip=hflip and not flip_views)
     eval_tf = model.preprocess.transform(train=False, hflip=False)
     common = dict(batch_size=cfg.bsize, num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu",
@@ -90,4 +93,20 @@ def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
         # never drop the last partial batch at evaluation (a trap of the references)
         "val": DataLoader(ImageDataset(splits.val, eval_tf), shuffle=False, **common),
         "test": DataLoader(ImageDataset(splits.test, eval_tf), shuffle=False, **common),
+    }
+
+
+def _device_decode_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel, hflip: bool,
+                           flip_views: bool) -> dict:
+    """--decode gpu: the same four loaders, decoding on the run's device (device_decode.py)."""
+    device = torch.device(cfg.device)
+    check_device_decode(device)
+    common = dict(preprocess=model.preprocess, device=device, batch_size=cfg.bsize, num_workers=cfg.num_workers)
+    return {
+        "train": device_loader(splits.train, train=True, hflip=hflip, flip_views=flip_views,
+                               skip_unreadable=cfg.skip_bad_images, generator=torch.Generator().manual_seed(cfg.seed),
+                               **common),
+        "train_eval": device_loader(splits.train, **common),
+        "val": device_loader(splits.val, **common),
+        "test": device_loader(splits.test, **common),
     }

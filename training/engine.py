@@ -17,6 +17,7 @@ from errors import UserError
 from instrumentation import RunLog, epoch_line
 from methods.base import SPMLLoss
 from metrics import compute_metrics
+from training.speed import StepOptions
 
 log = logging.getLogger(__name__)
 
@@ -54,68 +55,104 @@ class TrainState:
         return {"best_epoch": self.best_epoch, "best_val_map": self.best_val_map, "test_map": self.best_test_map}
 
 
+# Steps between host syncs: reading the loss forces the CPU to wait for the GPU, so the
+# per-step losses stay on the device and are read SYNC_EVERY steps at a time.
+SYNC_EVERY = 25
+
+
+def _read_losses(window: list[torch.Tensor], steps: list[int], names: list[str], totals: dict[str, float],
+                 epoch: int) -> None:
+    """One host sync for the window's steps: adds each step's terms to `totals` in step order
+    (the same float sums as reading every step) and stops at the first non-finite loss."""
+    for step, values in zip(steps, torch.stack(window).tolist()):
+        value, terms = values[0], values[1:]
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"non-finite loss ({value}) at epoch {epoch}, step {step}; "
+                                f"lower --lr or check the data")
+        for name, term in zip(names, terms):
+            totals[name] = totals.get(name, 0.0) + term
+        totals["loss"] = totals.get("loss", 0.0) + value
+    window.clear()
+    steps.clear()
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer,
-                    device: torch.device, epoch: int) -> dict:
+                    device: torch.device, epoch: int, options: StepOptions = StepOptions()) -> dict:
     model.train()
     totals: dict[str, float] = {}
     seen = 0
+    window: list[torch.Tensor] = []  # (1 + terms) losses of the steps not yet read
+    window_steps: list[int] = []
+    names: list[str] = []
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
     for step, (images, targets, index) in enumerate(bar, start=1):
         seen += len(index)
         if len(index) == 0:  # every image of the batch was unreadable and skipped (--skip-bad-images)
             continue
-        images = images.to(device, non_blocking=True)
+        images = options.images_to(images, device)
         targets = targets.to(device, non_blocking=True)
         index = index.to(device, non_blocking=True)
-        terms = loss_fn(model(images), targets, index)
+        with options.autocast(device):
+            logits = model(images)
+        terms = loss_fn(logits.float(), targets, index)  # the loss in fp32 whatever the forward's precision
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # One host sync per step, after the step's work is queued; needed anyway for the log.
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"non-finite loss ({value}) at epoch {epoch}, step {step}; lower --lr or check the data")
-        for name, term in terms.items():
-            totals[name] = totals.get(name, 0.0) + term.item()
-        totals["loss"] = totals.get("loss", 0.0) + value
-        bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
+        if window and list(terms) != names:  # a method whose terms change mid-epoch: read the others first
+            _read_losses(window, window_steps, names, totals, epoch)
+        names = list(terms)
+        window_steps.append(step)
+        window.append(torch.stack([loss.detach(), *(term.detach() for term in terms.values())]))
+        if len(window) == SYNC_EVERY:
+            _read_losses(window, window_steps, names, totals, epoch)
+            bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
+    if window:
+        _read_losses(window, window_steps, names, totals, epoch)
     steps = max(len(loader), 1)
     out = {name: total / steps for name, total in totals.items()}
     out["skipped_images"] = len(loader.dataset) - seen
     return out
 
 
-@torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "scoring") -> torch.Tensor:
-    """Sigmoid scores (N, C) of every example of `loader`, in order, in eval mode (on `device`)."""
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "scoring",
+            options: StepOptions = StepOptions()) -> torch.Tensor:
+    """Sigmoid scores (N, C) of every example of `loader`, in order, in eval mode (on `device`), in fp32."""
     model.eval()
-    scores = [torch.sigmoid(model(images.to(device, non_blocking=True))) for images, _, _ in
-              tqdm(loader, desc=desc, leave=False, disable=None)]
-    return torch.cat(scores)
+    with torch.inference_mode():
+        scores = []
+        for images, _, _ in tqdm(loader, desc=desc, leave=False, disable=None):
+            with options.autocast(device):
+                logits = model(options.images_to(images, device))
+            scores.append(torch.sigmoid(logits.float()))
+        scores = torch.cat(scores)
+    # A normal tensor, not an inference tensor: pseudo-labelling (APL) uses the scores in autograd.
+    return scores.clone()
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, threshold: float, desc: str) -> dict:
-    scores = predict(model, loader, device, desc).float().cpu().numpy()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, threshold: float, desc: str,
+             options: StepOptions = StepOptions()) -> dict:
+    scores = predict(model, loader, device, desc, options).float().cpu().numpy()
     return compute_metrics(scores, loader.dataset.labels.numpy(), threshold)
 
 
 def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, loaders: dict[str, DataLoader],
         device: torch.device, epochs: int, patience: int, threshold: float, run: RunLog,
-        state: TrainState | None = None, on_epoch_end: Callable[[TrainState, bool], None] | None = None) -> TrainState:
+        state: TrainState | None = None, on_epoch_end: Callable[[TrainState, bool], None] | None = None,
+        options: StepOptions = StepOptions()) -> TrainState:
     """Train, validate and test each epoch; keep the best-val weights; stop after `patience` epochs without gain.
 
     A resumed run passes its restored `state` and continues after `state.epoch`;
     `on_epoch_end(state, improved)` runs after each epoch is logged (checkpoints).
     """
     state = state if state is not None else TrainState()
-    score_train = lambda: predict(model, loaders["train_eval"], device, "scoring train set")  # noqa: E731
+    score_train = lambda: predict(model, loaders["train_eval"], device, "scoring train set", options)  # noqa: E731
     for epoch in range(state.epoch + 1, epochs + 1):
         started = time.perf_counter()
         loss_fn.start_epoch(epoch, score_train)
-        train = train_one_epoch(model, loaders["train"], loss_fn, optimizer, device, epoch)
-        val = evaluate(model, loaders["val"], device, threshold, "val")
-        test = evaluate(model, loaders["test"], device, threshold, "test")
+        train = train_one_epoch(model, loaders["train"], loss_fn, optimizer, device, epoch, options)
+        val = evaluate(model, loaders["val"], device, threshold, "val", options)
+        test = evaluate(model, loaders["test"], device, threshold, "test", options)
         record = {"epoch": epoch, "train_loss": train.pop("loss"), "skipped_images": train.pop("skipped_images"),
                   "val_map": val["map"], "test_map": test["map"],
                   "train_terms": train, "val": val, "test": test, "time_s": time.perf_counter() - started}

@@ -34,6 +34,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.engine import NonFiniteLoss, TrainState, fit
+from training.speed import StepOptions, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ def _checkpoint_of(cfg: Config, out: Path) -> dict | None:
     if not (out / LAST).is_file():
         raise UserError(f"--resume {out}: no {LAST} there; that folder does not hold a run of this configuration")
     ckpt = load_checkpoint(out / LAST)
-    if ckpt["config"] != cfg.to_dict() | {k: ckpt["config"].get(k) for k in ("device", "num_workers", "out")}:
+    # A checkpoint written before a setting existed ran with its default (e.g. --decode pil): fill those in.
+    saved = {f.name: f.default for f in dataclasses.fields(Config) if f.name not in ckpt["config"]
+             and f.default is not dataclasses.MISSING and f.name in cfg.to_dict()} | ckpt["config"]
+    if saved != cfg.to_dict() | {k: ckpt["config"].get(k) for k in ("device", "num_workers", "out")}:
         raise UserError(f"{out / LAST} was written with another configuration than {out / 'config.json'}")
     return ckpt
 
@@ -68,6 +72,8 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                      epochs: int, info: dict | None = None) -> TrainState:
     """Train `epochs` epochs into the run folder `out` (resumed from its last.pt with --resume)."""
     device = torch.device(cfg.device)
+    options = StepOptions.from_config(cfg)
+    prepare_model(model, options, cfg.compile)
     optimizer = torch.optim.Adam([{"params": model.parameters()}, *loss_fn.param_groups(cfg.lr)], lr=cfg.lr)
     ckpt = _checkpoint_of(cfg, out)
     state = _train_state(out, ckpt)
@@ -96,7 +102,14 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
             log.info(f"resuming {out} after epoch {state.epoch}")
         try:
             state = fit(model, loss_fn, optimizer, loaders, device, epochs, cfg.patience, cfg.threshold, run_log,
-                        state=state, on_epoch_end=save_checkpoints)
+                        state=state, on_epoch_end=save_checkpoints, options=options)
+        except RuntimeError as err:
+            if "does not have a deterministic implementation" not in str(err):
+                raise
+            # PyTorch names the op in the first line of its message: one line for the user, not a traceback.
+            op = str(err).splitlines()[0].split(" does not have")[0]
+            raise UserError(f"--deterministic: {op} has no deterministic implementation on {device}; "
+                            f"drop --deterministic or use another --model") from err
         except (NonFiniteLoss, KeyboardInterrupt) as err:
             # Nothing of the unfinished epoch is kept: last.pt and best.pt stay as the last completed epoch left them.
             status, reason = ("diverged", str(err)) if isinstance(err, NonFiniteLoss) else \

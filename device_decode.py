@@ -1,0 +1,245 @@
+"""`--decode gpu`: loader workers only read the image files; each batch is decoded on the run's device.
+
+With PIL (the default, `datasets.ImageDataset`) every epoch of a ResNet-50 on a GPU
+is bound by JPEG decoding in the CPU workers (issue 14: 429 images/s with 8
+workers against 6,574 for nvJPEG). Here:
+
+    FileBytesDataset   (worker)  file bytes, label row, index, flip decision
+    BatchDecoder       (device)  decode -> antialiased resize to (s, s) -> flip -> normalise
+    DeviceDecodeLoader           a DataLoader of bytes that yields (images, labels, index)
+                                 like the PIL loaders, so the training loop is unchanged
+
+Baseline 3-component JPEGs are decoded in one batched `torchvision.io.decode_jpeg`
+call on the device (nvJPEG on CUDA, libjpeg on CPU: the same code path, so the CPU
+tests exercise it). Everything else is decoded one image at a time on the CPU and
+moved: PNG and other formats and grayscale / CMYK JPEGs with
+`decode_image(mode=RGB)`, and JPEGs without an end marker (possibly truncated)
+with PIL, so that an unreadable image fails (or is skipped with --skip-bad-images)
+exactly as on the PIL path.
+
+Flips are drawn in the worker with one `torch.rand(1)` per sample, as
+`T.RandomHorizontalFlip` draws it: same seed, same flips as the PIL path.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from datasets import Split, unreadable_image
+from errors import UserError
+from preprocess import Preprocess
+
+log = logging.getLogger(__name__)
+# torchvision 0.29 deprecates its decoders for TorchCodec's and warns on every call; if they go,
+# check_device_decode refuses --decode gpu in one line.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated")
+
+DECODERS = ("pil", "gpu")
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class FileBytesDataset(Dataset):
+    """Yields (file bytes as a 1-D uint8 tensor, label row, index, flipped); None for an unreadable
+    file with `skip_unreadable`. `flip`: draw a random horizontal flip per sample (train);
+    `flip_views`: report a flipped sample as index + N (see datasets.ImageDataset)."""
+
+    def __init__(self, split: Split, skip_unreadable: bool = False, flip: bool = False, flip_views: bool = False):
+        self.images = split.images
+        self.labels = torch.from_numpy(split.labels)
+        self.skip_unreadable = skip_unreadable
+        self.flip = flip
+        self.flip_views = flip_views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        path = self.images[index]
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            if self.skip_unreadable:
+                log.warning(f"skipping unreadable image {path}: {err}")
+                return None
+            raise unreadable_image(path, err) from err
+        flipped = self.flip and bool(torch.rand(1) < 0.5)  # the draw of T.RandomHorizontalFlip
+        view = index + len(self.images) * int(flipped and self.flip_views)
+        # an empty file has no buffer to wrap; the decoder then reports it unreadable
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        return encoded, self.labels[index], view, flipped
+
+
+def collate_bytes(batch: list):
+    """(list of byte tensors, labels (B, C), index (B,), flips (B,)); unreadable samples (None) dropped."""
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        return [], torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.bool)
+    data, labels, index, flips = zip(*kept)
+    return list(data), torch.stack(labels), torch.tensor(index), torch.tensor(flips)
+
+
+def jpeg_components(data: torch.Tensor) -> int | None:
+    """Colour components of a JPEG (from its frame header), or None if `data` is no JPEG."""
+    b = memoryview(data.numpy())  # no copy; indexing gives ints
+    if b[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(b):
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: P, Y, X, then Nf
+            return b[i + 9]
+        if marker == 0xDA:  # a scan before any frame header: malformed
+            return None
+        i += 2 + ((b[i + 2] << 8) | b[i + 3])
+    return None
+
+
+def _has_end_marker(data: torch.Tensor) -> bool:
+    return len(data) >= 2 and data[-2].item() == 0xFF and data[-1].item() == 0xD9
+
+
+def _decode_pil(data: torch.Tensor) -> torch.Tensor:
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+        array = np.asarray(img.convert("RGB"))  # decodes the whole file: a truncated image fails here
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _decode_cpu(data: torch.Tensor) -> torch.Tensor:
+    """One image on the CPU, (3, H, W) uint8: torchvision.io, or PIL where it cannot (or must judge a
+    JPEG without an end marker: libjpeg pads a truncated file with grey where PIL refuses it)."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    if jpeg_components(data) is not None and not _has_end_marker(data):
+        return _decode_pil(data)
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError):
+        return _decode_pil(data)  # formats torchvision.io lacks (BMP, TIFF, ...) or a damaged file: PIL decides
+
+
+class BatchDecoder:
+    """Decodes a batch of file bytes on `device` into normalised (B, 3, s, s) float32 images.
+
+    Resize as `T.Resize((s, s))` on a PIL image: bilinear with antialiasing, rounded to
+    8 bits; an image already s x s is kept as it is (PIL copies it). Then flip, /255,
+    and normalise in the order of `T.ToTensor` + `T.Normalize`.
+    """
+
+    def __init__(self, preprocess: Preprocess, device: torch.device):
+        self.size = preprocess.size
+        self.device = device
+        self.mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=device).view(3, 1, 1)
+        self.std = torch.tensor(preprocess.std, dtype=torch.float32, device=device).view(3, 1, 1)
+
+    def decode(self, data: list[torch.Tensor], paths: list[str], skip_unreadable: bool = False) -> list[torch.Tensor | None]:
+        """(3, H, W) uint8 images on the device; None for an unreadable one with `skip_unreadable`."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        images: list[torch.Tensor | None] = [None] * len(data)
+        batched = [i for i, d in enumerate(data) if jpeg_components(d) == 3 and _has_end_marker(d)]
+        if batched:
+            try:
+                decoded = decode_jpeg([data[i] for i in batched], mode=ImageReadMode.RGB, device=self.device)
+                for i, image in zip(batched, decoded):
+                    images[i] = image
+            except RuntimeError as err:  # one file the batched decoder refuses fails the batch: one by one below
+                log.debug(f"batched decode failed ({err}); decoding one image at a time")
+        for i, image in enumerate(images):
+            if image is not None:
+                continue
+            try:
+                images[i] = _decode_cpu(data[i]).to(self.device, non_blocking=True)
+            except _PIL_ERRORS as err:
+                if not skip_unreadable:
+                    raise unreadable_image(paths[i], err) from err
+                log.warning(f"skipping unreadable image {paths[i]}: {err}")
+        return images
+
+    def __call__(self, images: list[torch.Tensor], flips: torch.Tensor) -> torch.Tensor:
+        """Resized, flipped, normalised (B, 3, s, s) float32 from (3, H, W) uint8 images on the device."""
+        s = self.size
+        out = torch.empty((len(images), 3, s, s), dtype=torch.float32, device=self.device)
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i, image in enumerate(images):
+            by_shape[tuple(image.shape)].append(i)
+        for shape, rows in by_shape.items():  # COCO is mostly 640x480: few groups, few kernel launches
+            group = torch.stack([images[i] for i in rows]).float()
+            if shape[1:] != (s, s):
+                group = F.interpolate(group, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+                group = group.round_().clamp_(0, 255)  # PIL resizes 8-bit images to 8 bits
+            if len(rows) == len(images):
+                out = group
+            else:  # index_put, which has a deterministic CUDA implementation (index_copy_ has none)
+                out[torch.tensor(rows, device=self.device)] = group
+        flips = flips.to(self.device, non_blocking=True).view(-1, 1, 1, 1)
+        out = torch.where(flips, out.flip(-1), out)
+        return out.div_(255).sub_(self.mean).div_(self.std)
+
+
+class DeviceDecodeLoader:
+    """Wraps a DataLoader of `FileBytesDataset`; yields (images on the device, labels, index) batches."""
+
+    def __init__(self, loader: DataLoader, decoder: BatchDecoder):
+        self.loader = loader
+        self.decoder = decoder
+        self.dataset = loader.dataset  # the loop reads .labels and len()
+        self.generator = loader.generator  # checkpointed by the trainer (resume)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        dataset = self.dataset
+        n = len(dataset)
+        for data, labels, index, flips in self.loader:
+            paths = [dataset.images[i % n] for i in index.tolist()]
+            images = self.decoder.decode(data, paths, dataset.skip_unreadable)
+            keep = [i for i, image in enumerate(images) if image is not None]
+            if len(keep) < len(images):  # unreadable images skipped: the loop counts what it did not see
+                rows = torch.tensor(keep, dtype=torch.long)
+                images, labels, index, flips = [images[i] for i in keep], labels[rows], index[rows], flips[rows]
+            if not keep:
+                yield torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long)
+                continue
+            yield self.decoder(images, flips), labels, index
+
+
+def check_device_decode(device: torch.device) -> None:
+    """Refuses `--decode gpu` in one line when this torchvision cannot decode a JPEG on `device`."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+        probe = encode_jpeg(torch.zeros((3, 8, 8), dtype=torch.uint8))
+        decode_jpeg([probe], mode=ImageReadMode.RGB, device=device)
+    except (ImportError, RuntimeError, TypeError) as err:
+        raise UserError(f"--decode gpu: this torchvision cannot decode JPEGs on {device} "
+                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                        f"drop --decode gpu / --fast, or install a torchvision built with nvJPEG") from err
+
+
+def device_loader(split: Split, preprocess: Preprocess, device: torch.device, batch_size: int, num_workers: int,
+                  train: bool = False, hflip: bool = False, flip_views: bool = False, skip_unreadable: bool = False,
+                  generator: torch.Generator | None = None) -> DeviceDecodeLoader:
+    """A `--decode gpu` loader of `split`: shuffled and flipped (if `hflip`) when `train`, else in order."""
+    dataset = FileBytesDataset(split, skip_unreadable=skip_unreadable and train, flip=train and hflip,
+                               flip_views=train and hflip and flip_views)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, num_workers=num_workers,
+                        collate_fn=collate_bytes, persistent_workers=num_workers > 0 and not train)
+    return DeviceDecodeLoader(loader, BatchDecoder(preprocess, device))

@@ -1,0 +1,253 @@
+"""The speed options (issue 14): --decode gpu on the CPU against the PIL path, --amp bf16,
+--channels-last, the losses read once per window, and the deterministic digits CNN."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from cli import parse_args
+from datasets import ImageDataset, Split, collate_skipping
+from device_decode import check_device_decode, device_loader, jpeg_components
+from errors import UserError
+from main import main
+from models import create_backbone
+from preprocess import Preprocess
+from training import engine, speed
+
+PRE = Preprocess(24, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CPU = torch.device("cpu")
+# On a GPU machine the decoding tests run on CUDA too (nvJPEG), with the bounds that hold for it.
+DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+# (PIL mode, format) of every kind of file the datasets hold
+KINDS = [("RGB", "PNG"), ("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("L", "PNG"), ("RGBA", "PNG")]
+
+
+def _images(tmp_path, n: int = 12) -> Split:
+    """Smooth random images of every kind and of two sizes (bigger than 24: resized)."""
+    rng = np.random.RandomState(0)
+    paths = []
+    for i in range(n):
+        mode, fmt = KINDS[i % len(KINDS)]
+        size = (64, 48) if i % 2 else (40, 52)
+        image = Image.fromarray(rng.randint(0, 255, (6, 8, 3)).astype(np.uint8)).resize(size, Image.BICUBIC)
+        path = tmp_path / f"{i}.{fmt.lower()}"
+        image.convert(mode).save(path, format=fmt, quality=90)
+        paths.append(str(path))
+    return Split(np.array(paths), np.eye(n, 5, dtype=np.float32))
+
+
+def _pil_batches(split: Split, train: bool, flip_views: bool = False, seed: int = 0):
+    # with flip_views the dataset flips, not the transform (as make_loaders builds them)
+    dataset = ImageDataset(split, PRE.transform(train=train, hflip=train and not flip_views), flip_views=train and flip_views)
+    loader = DataLoader(dataset, batch_size=5, shuffle=train, generator=torch.Generator().manual_seed(seed),
+                        collate_fn=collate_skipping)
+    return list(loader)
+
+
+def _device_batches(split: Split, train: bool, flip_views: bool = False, seed: int = 0, device=CPU):
+    batches = device_loader(split, PRE, device, batch_size=5, num_workers=0, train=train, hflip=train,
+                            flip_views=flip_views, generator=torch.Generator().manual_seed(seed))
+    return [(images.cpu(), labels, index) for images, labels, index in batches]
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """Normalised images back to 8-bit grey levels."""
+    return x * torch.tensor(PRE.std).view(1, 3, 1, 1) * 255
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+@pytest.mark.parametrize("train,flip_views", [(False, False), (True, False), (True, True)])
+def test_device_decode_matches_the_pil_path(tmp_path, train, flip_views, device):
+    """Same shapes, labels, index (flip views too) and flips; pixels within one grey level
+    (libjpeg on the CPU; nvJPEG upsamples chroma its own way: a few levels)."""
+    split = _images(tmp_path)
+    torch.manual_seed(0)
+    pil = _pil_batches(split, train, flip_views)
+    torch.manual_seed(0)  # with no workers the flips come from the global RNG: same draws
+    dev = _device_batches(split, train, flip_views, device=device)
+    bound = (1.01, 0.3) if device.type == "cpu" else (8.0, 1.0)
+    assert len(pil) == len(dev)
+    for (a, la, ia), (b, lb, ib) in zip(pil, dev):
+        assert a.shape == b.shape == (len(ia), 3, 24, 24) and b.dtype == torch.float32
+        assert torch.equal(la, lb) and torch.equal(ia, ib)
+        diff = (_pixels(a) - _pixels(b)).abs()
+        print(f"{device}: max {diff.max():.2f}, mean {diff.mean():.3f} grey levels from PIL")
+        assert diff.max() <= bound[0] and diff.mean() < bound[1]
+    if flip_views:
+        assert any((ib >= len(split.images)).any() for _, _, ib in dev)
+
+
+def test_device_decode_flips_are_seeded(tmp_path):
+    split = _images(tmp_path, 10)
+    def batches(seed):  # no workers: the order from the loader's generator, the flips from the run's seed
+        torch.manual_seed(seed)
+        return _device_batches(split, True, seed=seed)
+
+    first, again, other = batches(3), batches(3), batches(4)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, other))
+
+
+def test_jpeg_components_reads_the_frame_header(tmp_path):
+    split = _images(tmp_path, 6)
+    found = [jpeg_components(torch.from_numpy(np.fromfile(p, dtype=np.uint8))) for p in split.images]
+    assert found == [None, 3, 1, 4, None, None]
+
+
+def test_same_size_pngs_are_bit_identical_to_pil(small_digits):
+    """Digits (24x24 PNGs, a 24 px model): no resize, so the two paths give the same tensors."""
+    names = np.load(small_digits / "formatted_train_images.npy")[:8]
+    split = Split(np.array([str(small_digits / "images" / n) for n in names]), np.zeros((8, 1), np.float32))
+    b = next(iter(device_loader(split, Preprocess(24, (0.5,) * 3, (0.5,) * 3), CPU, 8, 0)))[0]
+    a = next(iter(DataLoader(ImageDataset(split, Preprocess(24, (0.5,) * 3, (0.5,) * 3).transform(False, False)),
+                             batch_size=8)))[0]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["truncated_jpeg", "truncated_png", "empty"])
+def test_unreadable_images_fail_or_are_skipped_as_with_pil(tmp_path, damage):
+    split = _images(tmp_path, 6)
+    path = split.images[1 if damage == "truncated_jpeg" else 0]
+    data = open(path, "rb").read()
+    open(path, "wb").write(b"" if damage == "empty" else data[: len(data) // 2])
+    with pytest.raises(UserError, match=f"cannot read image {path}: .*--skip-bad-images"):
+        _device_batches(split, False)
+    kept = list(device_loader(split, PRE, CPU, 6, 0, train=True, skip_unreadable=True,
+                              generator=torch.Generator().manual_seed(0)))
+    (images, labels, index), = kept
+    assert len(index) == len(labels) == len(images) == 5 and split.images.tolist().index(path) not in index.tolist()
+
+
+def test_decode_gpu_without_a_decoder_is_one_line(monkeypatch):
+    import torchvision.io
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Not compiled with GPU support")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", refuse)
+    with pytest.raises(UserError, match=r"--decode gpu: .*\(Not compiled with GPU support\); drop --decode gpu"):
+        check_device_decode(CPU)
+
+
+def test_fast_preset_and_explicit_flags():
+    cfg = parse_args(["-g", "cpu", "--fast", "--out", "x"])
+    assert (cfg.decode, cfg.amp, cfg.channels_last) == ("pil", "off", False)  # --fast is for CUDA
+    cfg = parse_args(["-g", "cpu", "--fast", "--decode", "pil", "--amp", "bf16", "--channels-last", "--out", "x"])
+    assert (cfg.decode, cfg.amp, cfg.channels_last) == ("pil", "bf16", True)
+    default = parse_args(["-g", "cpu", "--out", "x"])
+    assert (default.decode, default.amp, default.channels_last, default.compile) == ("pil", "off", False, False)
+
+
+def test_fast_preset_on_cuda(monkeypatch):
+    import cli
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    fast = cli.build_parser().parse_args(["--fast"])
+    assert cli._speed_settings(fast, "cuda:0") == {"decode": "gpu", "amp": "bf16", "channels_last": True, "compile": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    with pytest.raises(UserError, match="--amp bf16: Tesla V100 has no bf16 support; drop --fast or pass --amp off"):
+        cli._speed_settings(fast, "cuda:0")
+
+
+def test_bf16_refused_on_a_gpu_without_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.raises(ValueError, match="Tesla T4 has no bf16 support"):
+        speed.check_amp("bf16", "cuda:0")
+    speed.check_amp("bf16", "cpu")  # the CPU autocasts bf16 (slowly where it lacks bf16 instructions)
+
+
+def test_digits_cnn_pools_deterministically():
+    """amax over H, W: the values of AdaptiveMaxPool2d(1), with an op that has a deterministic CUDA backward."""
+    net = create_backbone("digits_cnn", pretrained=False).features
+    assert not any(isinstance(m, torch.nn.AdaptiveMaxPool2d) for m in net.modules())
+    x = torch.randn(4, 64, 6, 6)
+    assert torch.equal(net[-1](x), torch.nn.AdaptiveMaxPool2d(1)(x).flatten(1))
+
+
+def test_a_nan_inside_a_window_names_its_step():
+    window = [torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]), torch.tensor([float("nan")] * 2)]
+    totals: dict = {}
+    with pytest.raises(engine.NonFiniteLoss, match="at epoch 4, step 7"):
+        engine._read_losses(window, [3, 5, 7], ["bce"], totals, 4)
+    assert totals == {"bce": 3.0, "loss": 3.0}
+
+
+def _metrics(out):
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in open(out / "metrics.jsonl")]
+
+
+def _run(small_digits, out, *flags):
+    assert main(["-g", "cpu", "-l", "an", "--epochs", "2", "--data-dir", str(small_digits), "--out", str(out),
+                 *flags]) == 0
+    return _metrics(out)
+
+
+def test_reading_losses_per_window_and_device_decode_keep_a_digits_run(small_digits, tmp_path, monkeypatch):
+    """The same metrics reading the losses every step (the old loop) and once per window, and with --decode gpu."""
+    windowed = _run(small_digits, tmp_path / "window")
+    monkeypatch.setattr(engine, "SYNC_EVERY", 1)
+    assert _run(small_digits, tmp_path / "every_step") == windowed
+    assert _run(small_digits, tmp_path / "device", "--decode", "gpu") == windowed
+
+
+def test_bf16_and_channels_last_train_on_cpu(small_digits, tmp_path):
+    metrics = _run(small_digits, tmp_path / "bf16", "--amp", "bf16", "--channels-last")
+    assert all(np.isfinite(m["train_loss"]) and 0 <= m["val_map"] <= 100 for m in metrics)
+    saved = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert (saved["amp"], saved["channels_last"], saved["decode"]) == ("bf16", True, "pil")
+
+
+def test_predict_returns_a_tensor_autograd_can_use():
+    model = torch.nn.Linear(3, 2)
+    loader = [(torch.randn(4, 3), None, None)]
+    scores = engine.predict(model, loader, CPU)
+    assert not scores.is_inference()
+    (scores * torch.ones(4, 2, requires_grad=True)).sum().backward()  # APL multiplies its soft labels in
+
+
+def test_resume_accepts_a_checkpoint_written_before_the_speed_settings(tmp_path):
+    """A run started before --decode/--amp existed ran with their defaults: it resumes; another setting does not."""
+    import dataclasses
+
+    from training.checkpoint import LAST, save_checkpoint
+    from training.trainer import _checkpoint_of
+
+    cfg = dataclasses.replace(parse_args(["-g", "cpu", "--out", str(tmp_path)]), resume=True)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("decode", "amp", "channels_last", "compile")}
+    save_checkpoint(tmp_path / LAST, {"config": old, "model": {}})
+    assert _checkpoint_of(cfg, tmp_path)["config"] == old
+    with pytest.raises(UserError, match="another configuration"):
+        _checkpoint_of(dataclasses.replace(cfg, amp="bf16"), tmp_path)
+
+
+def test_compile_compiles_in_place(monkeypatch):
+    """--compile uses nn.Module.compile: the module, and its checkpoint keys, stay the same."""
+    called = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: called.append(self))
+    model = torch.nn.Linear(2, 2)
+    assert speed.prepare_model(model, speed.StepOptions(), compile_model=True) is model and called == [model]
+
+
+def test_a_non_deterministic_op_stops_with_one_line(small_digits, tmp_path, monkeypatch, capsys):
+    import training.trainer
+
+    def fit(*args, **kwargs):  # what PyTorch raises on CUDA under use_deterministic_algorithms(True)
+        raise RuntimeError("adaptive_max_pool2d_backward_cuda does not have a deterministic implementation, "
+                           "but you set 'torch.use_deterministic_algorithms(True)'.\nYou can turn off ...")
+
+    monkeypatch.setattr(training.trainer, "fit", fit)
+    try:
+        assert main(["-g", "cpu", "-l", "an", "--epochs", "1", "--data-dir", str(small_digits),
+                     "--out", str(tmp_path / "run"), "--deterministic"]) == 2
+    finally:
+        torch.use_deterministic_algorithms(False)  # a process-wide setting: not for the tests after this one
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: --deterministic: adaptive_max_pool2d_backward_cuda has no deterministic implementation "
+                   "on cpu; drop --deterministic or use another --model")
