@@ -173,3 +173,15 @@ def test_a_dataset_of_your_own_runs_as_itself(capsys, tmp_path, digits_master):
 def test_default_digits_folder_is_the_only_one_built(tmp_path):
     cfg = parse_args(["-g", "cpu", "--out", str(tmp_path / "run")])
     assert cfg.data_dir == DATA_ROOT / "digits"
+
+
+def test_progress_lines_without_a_terminal(capsys, tmp_path, small_digits, monkeypatch):
+    """A batch job's log (no terminal, no progress bar) still shows the epoch moving: step, images/s, loss."""
+    from training import engine
+
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(engine, "SYNC_EVERY", 2)
+    code, err = run_cli(capsys, "--data-dir", small_digits, "-l", "EM", "--bsize", "8", "--epochs", "1",
+                        "--out", tmp_path / "run", *FAST)
+    assert code == 0, err
+    assert "epoch 1 step 2/12:" in err and "images/s, loss" in err

@@ -58,6 +58,23 @@ class TrainState:
 # Steps between host syncs: reading the loss forces the CPU to wait for the GPU, so the
 # per-step losses stay on the device and are read SYNC_EVERY steps at a time.
 SYNC_EVERY = 25
+# Without a terminal (a batch job's log file) there is no progress bar: a line this often instead.
+PROGRESS_EVERY_S = 60.0
+
+
+class _Progress:
+    """A log line every PROGRESS_EVERY_S seconds (step, images/s, mean loss) when tqdm's bar is off."""
+
+    def __init__(self, bar: tqdm, epoch: int, steps: int):
+        self.on, self.epoch, self.steps = bar.disable, epoch, steps
+        self.started = self.last = time.perf_counter()
+
+    def update(self, step: int, seen: int, mean_loss: float) -> None:
+        now = time.perf_counter()
+        if self.on and now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            log.info(f"epoch {self.epoch} step {step}/{self.steps}: {seen / (now - self.started):.1f} images/s, "
+                     f"loss {mean_loss:.4f}")
 
 
 def _read_losses(window: list[torch.Tensor], steps: list[int], names: list[str], totals: dict[str, float],
@@ -85,6 +102,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
     window_steps: list[int] = []
     names: list[str] = []
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    progress = _Progress(bar, epoch, len(loader))
     for step, (images, targets, index) in enumerate(bar, start=1):
         seen += len(index)
         if len(index) == 0:  # every image of the batch was unreadable and skipped (--skip-bad-images)
@@ -107,6 +125,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
         if len(window) == SYNC_EVERY:
             _read_losses(window, window_steps, names, totals, epoch)
             bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
+            progress.update(step, seen, totals["loss"] / step)
     if window:
         _read_losses(window, window_steps, names, totals, epoch)
     steps = max(len(loader), 1)
