@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     vl.add_argument("--clip-weights", type=Path, help="local open_clip checkpoint for --clip-model (default: OpenAI weights from open_clip's cache)")
     vl.add_argument("--text-features", type=Path, help="(num_classes, D) .npy class text embeddings (VLPL's *text_feature.npy) instead of prompts")
     vl.add_argument("--prompt-template", default=DEFAULT_PROMPT, help=f"class prompt for the CLIP text tower (default: {DEFAULT_PROMPT!r})")
+    ll = p.add_argument_group("Large-Loss (LL-R, LL-Ct, LL-Cp; Kim et al. 2022) and the classifier learning rate")
+    ll.add_argument("--delta-rel", type=_positive(float),
+                    help="LL-*: percentage points the clean rate falls per epoch "
+                         "(default: LL-R 0.5, LL-Ct 0.2, LL-Cp 0.1, the authors' best)")
+    ll.add_argument("--classifier-lr-mult", type=_positive(float),
+                    help="learning rate of the final layer relative to --lr "
+                         "(default: 1; 10 for LL-* and GR, as their authors' code)")
     return p
 
 
@@ -200,6 +207,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     out = args.out or REPO_ROOT / "runs" / f"{args.dataset}_{args.loss}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     if not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.delta_rel is not None and args.delta_rel > 100:
+        raise UserError(f"--delta-rel is in percentage points of the clean rate per epoch, at most 100; got {args.delta_rel}")
     cfg = Config(
         dataset=args.dataset,
         loss=args.loss,
@@ -232,6 +241,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
             gamma_pos=args.gamma_pos,
             gamma_unknown=args.gamma_unknown,
             gamma_neg=args.gamma_neg,
+            delta_rel=pick(args.delta_rel, loss_defaults.get("delta_rel")),
         ),
         deterministic=args.deterministic,
         skip_bad_images=args.skip_bad_images,
@@ -245,6 +255,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         search=args.search,
         search_lrs=tuple(args.search_lrs),
         search_bsizes=tuple(args.search_bsizes),
+        classifier_lr_mult=pick(args.classifier_lr_mult, loss_defaults.get("classifier_lr_mult", 1.0)),
     )
     check_vlpl_settings(cfg.hyper)
     return cfg

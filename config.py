@@ -33,6 +33,9 @@ class LossHyper:
     gamma_pos: float = 2.0
     gamma_unknown: float = 4.0
     gamma_neg: float = 4.0
+    # Large-Loss (methods/large_loss.py): percentage points the clean rate falls per epoch;
+    # None: the scheme's own default
+    delta_rel: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class Config:
     # How this process was started, not what the run is: left out of config.json.
     resume: bool = False  # continue the run in `out` from its last.pt
     eval_only: Path | None = None  # score this checkpoint on val and test, train nothing
+    # The final layer's learning rate relative to --lr (Kim et al.'s x10 for LL-*, GR)
+    classifier_lr_mult: float = 1.0
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.

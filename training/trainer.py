@@ -1,10 +1,11 @@
 """One training phase into one run folder: optimiser, checkpoints, resume, interruption.
 
 `train_and_record` is shared by end-to-end training and the linear modes: it
-builds Adam over the model and the loss's own parameter groups (ROLE's label
-estimator at lr x10), resumes from `last.pt` when asked, runs `engine.fit`, writes
-`last.pt` after every epoch and `best.pt` on a val gain, and marks the results
-diverged (non-finite loss) or interrupted (Ctrl-C) when the run ends early.
+builds Adam over the model (its final layer at --classifier-lr-mult x lr) and the
+loss's own parameter groups (ROLE's label estimator at lr x10), resumes from
+`last.pt` when asked, runs `engine.fit`, writes `last.pt` after every epoch and
+`best.pt` on a val gain, and marks the results diverged (non-finite loss) or
+interrupted (Ctrl-C) when the run ends early.
 
 Runs made of several phases, each in its own folder (linear_init's two, the
 grid points of --search), go on under --resume phase by phase: `resumed_phase`
@@ -64,11 +65,27 @@ def _checkpoint_of(cfg: Config, out: Path) -> dict | None:
     return ckpt
 
 
+def model_param_groups(model: nn.Module, lr: float, classifier_lr_mult: float) -> list[dict]:
+    """The model's optimiser groups: one, or the final layer apart at `classifier_lr_mult` x lr (Kim et
+    al. 2022's lr_mult). The final layer is `model.classifier`, or the whole model in the linear modes."""
+    if classifier_lr_mult == 1:  # one group, as before the option existed: older last.pt files still resume
+        return [{"params": model.parameters()}]
+    head = model if isinstance(model, nn.Linear) else getattr(model, "classifier", None)
+    if not isinstance(head, nn.Module):
+        raise UserError(f"--classifier-lr-mult {classifier_lr_mult:g}: the model {type(model).__name__} has no "
+                        "`classifier` final layer; use --classifier-lr-mult 1")
+    head_ids = {id(p) for p in head.parameters()}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    return [*([{"params": body}] if body else []),
+            {"params": list(head.parameters()), "lr": classifier_lr_mult * lr}]
+
+
 def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss, loaders: dict[str, DataLoader],
                      epochs: int, info: dict | None = None) -> TrainState:
     """Train `epochs` epochs into the run folder `out` (resumed from its last.pt with --resume)."""
     device = torch.device(cfg.device)
-    optimizer = torch.optim.Adam([{"params": model.parameters()}, *loss_fn.param_groups(cfg.lr)], lr=cfg.lr)
+    optimizer = torch.optim.Adam([*model_param_groups(model, cfg.lr, cfg.classifier_lr_mult),
+                                  *loss_fn.param_groups(cfg.lr)], lr=cfg.lr)
     ckpt = _checkpoint_of(cfg, out)
     state = _train_state(out, ckpt)
     run_log = RunLog(out, cfg.to_dict(), ckpt["epochs"] if ckpt else None)
