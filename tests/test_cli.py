@@ -88,7 +88,7 @@ def one_error_line(err: str) -> str:
 
 @pytest.mark.parametrize("argv, expected", [
     (["-d", "imagenet"], "invalid choice: 'imagenet' (choose from"),
-    (["-l", "focal"], "invalid choice: 'focal' (choose from"),
+    (["-l", "softmax"], "invalid choice: 'softmax' (choose from"),
     (["--epochs", "0"], "must be > 0"),
     (["--lr", "-0.1"], "must be > 0"),
     (["--bsize", "0"], "must be > 0"),
