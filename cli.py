@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                     help="channels-last memory format for convolutional backbones (default: off; on with --fast on CUDA)")
     sp.add_argument("--compile", action="store_true", help="torch.compile the model (first epoch slower; default: off)")
+    ll = p.add_argument_group("Large-Loss (LL-R, LL-Ct, LL-Cp; Kim et al. 2022) and the classifier learning rate")
+    ll.add_argument("--delta-rel", type=_number(float, 0.0, 100.0, low_open=True),
+                    help="LL-*: percentage points the clean rate falls per epoch "
+                         "(default: LL-R 0.5, LL-Ct 0.2, LL-Cp 0.1, the authors' best)")
+    ll.add_argument("--classifier-lr-mult", type=_positive_float,
+                    help="learning rate of the final layer relative to --lr "
+                         "(default: 1; 10 for LL-* and GR, as their authors' code)")
     return p
 
 
@@ -325,6 +332,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
             gamma_pos=args.gamma_pos,
             gamma_unknown=args.gamma_unknown,
             gamma_neg=args.gamma_neg,
+            delta_rel=pick(args.delta_rel, loss_defaults.get("delta_rel")),
         ),
         deterministic=args.deterministic,
         skip_bad_images=args.skip_bad_images,
@@ -341,6 +349,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         train_features=args.train_features,
         test_features=args.test_features,
         **_speed_settings(args, device),
+        classifier_lr_mult=pick(args.classifier_lr_mult, loss_defaults.get("classifier_lr_mult", 1.0)),
     )
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "

@@ -33,6 +33,9 @@ class LossHyper:
     gamma_pos: float = 2.0
     gamma_unknown: float = 4.0
     gamma_neg: float = 4.0
+    # Large-Loss (methods/large_loss.py): percentage points the clean rate falls per epoch;
+    # None: the scheme's own default
+    delta_rel: float | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class Config:
     amp: str = "off"  # "bf16": autocast of the forward (the loss stays fp32)
     channels_last: bool = False  # NHWC memory format for convolutional backbones
     compile: bool = False  # torch.compile the model
+    # The final layer's learning rate relative to --lr (Kim et al.'s x10 for LL-*, GR)
+    classifier_lr_mult: float = 1.0
     # How this process was started, not what the run is: left out of config.json.
     resume: bool = False  # continue the run in `out` from its last.pt
     eval_only: Path | None = None  # score this checkpoint on val and test, train nothing

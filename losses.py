@@ -5,7 +5,8 @@ hyperparameters, e.g.
 
     loss_em(logits, targets, alpha=0.1) -> {"main": tensor}
 
-the stateful methods in `methods/` (ROLE, EM + APL, VLPL). `LOSSES` is the one
+the stateful methods in `methods/` (ROLE, EM + APL, VLPL, Large-Loss, GR; the robust
+losses Hill, SPLC, focal, ASL in `methods/robust.py`). `LOSSES` is the one
 table of every loss: its builder, the label view it trains on, its help line (the
 CLI's `-l` choices and `-h`) and the run defaults of its paper where they differ
 from the dataset's. Numerics and the `SPMLLoss` interface: `methods/base.py`.
@@ -33,6 +34,10 @@ from methods.base import (
     reduce,
     stateless,
 )
+from methods.gr import CLASSIFIER_LR_MULT as GR_CLASSIFIER_LR_MULT
+from methods.gr import GRLoss
+from methods.large_loss import LargeLoss, large_loss_defaults
+from methods.robust import SPLCLoss, loss_asl, loss_focal, loss_hill
 from methods.role import RoleLoss
 from methods.vlpl import VLPLLoss, loss_em_pl, loss_em_pl_asl, vlpl_defaults
 
@@ -135,6 +140,29 @@ LOSSES: dict[str, LossEntry] = {
     "EM_PL_ASL": LossEntry(VLPLLoss.builder(loss_em_pl_asl, "gamma_pos", "gamma_unknown", "gamma_neg"), OBSERVED,
                            "VLPL with focal weights on positives, unknowns and pseudo-negatives (Xing et al.)",
                            defaults=vlpl_defaults),
+    "LL-R": LossEntry(LargeLoss.builder("LL-R"), OBSERVED,
+                      "large-loss rejection: AN, the largest unknown losses zeroed, more each epoch (--delta-rel), "
+                      "classifier lr x10 (Kim et al. CVPR 2022)", defaults=large_loss_defaults("LL-R")),
+    "LL-Ct": LossEntry(LargeLoss.builder("LL-Ct"), OBSERVED,
+                       "large-loss temporary correction: their targets flipped to 1 for the batch "
+                       "(Kim et al. CVPR 2022)", defaults=large_loss_defaults("LL-Ct")),
+    "LL-Cp": LossEntry(LargeLoss.builder("LL-Cp"), OBSERVED,
+                       "large-loss permanent correction: their targets set to 1 for the rest of the run "
+                       "(Kim et al. CVPR 2022)", defaults=large_loss_defaults("LL-Cp")),
+    "GR": LossEntry(GRLoss.from_hyper, OBSERVED,
+                    "generalized robust loss: soft pseudo-labels and reweighting of unknowns on an epoch schedule, "
+                    "classifier lr x10 (Chen et al. IJCAI 2024)",
+                    defaults=lambda preset: {"classifier_lr_mult": GR_CLASSIFIER_LR_MULT}),
+    "hill": LossEntry(stateless(loss_hill), OBSERVED,
+                      "Hill: focal-margin positives, (1.5 - p) p^2 on unknowns (Zhang et al. 2021, robust loss design "
+                      "for missing labels)"),
+    "SPLC": LossEntry(SPLCLoss.from_hyper, OBSERVED,
+                      "self-paced loss correction: focal margin; unknowns with p > 0.6 trained as positives from "
+                      "epoch 2 (Zhang et al. 2021)"),
+    "focal": LossEntry(stateless(loss_focal), OBSERVED, "focal loss, gamma 2, unknowns as negatives (Lin et al. ICCV 2017)"),
+    "ASL": LossEntry(stateless(loss_asl), OBSERVED,
+                     "asymmetric loss, gamma_neg 4, gamma_pos 0, clip 0.05, unknowns as negatives "
+                     "(Ridnik et al. ICCV 2021)"),
 }
 
 

@@ -4,6 +4,9 @@
     role.py   ROLE (Cole et al. 2021): a learned label matrix
     apl.py    EM + APL (Zhou et al. 2022): soft pseudo-negatives between epochs
     vlpl/     VLPL (Xing et al. 2024): frozen-CLIP pseudo-labels, the open_clip towers, the score cache
+    large_loss.py  LL-R / LL-Ct / LL-Cp (Kim et al. 2022): large unknown losses rejected or corrected
+    gr.py     GR loss (Chen et al. 2024): epoch-scheduled soft pseudo-labels and weights
+    robust.py Hill, SPLC (Zhang et al. 2021), focal, ASL: robust losses with unknowns as negatives
 
 Each module imports only `base` (and `config`, `errors`, the data layer); none
 imports `losses.py`, which registers them all.

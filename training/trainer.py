@@ -1,10 +1,11 @@
 """One training phase into one run folder: optimiser, checkpoints, resume, interruption.
 
 `train_and_record` is shared by end-to-end training and the linear modes: it
-builds Adam over the model and the loss's own parameter groups (ROLE's label
-estimator at lr x10), resumes from `last.pt` when asked, runs `engine.fit`, writes
-`last.pt` after every epoch and `best.pt` on a val gain, and marks the results
-diverged (non-finite loss) or interrupted (Ctrl-C) when the run ends early.
+builds Adam over the model (its final layer at --classifier-lr-mult x lr) and the
+loss's own parameter groups (ROLE's label estimator at lr x10), resumes from
+`last.pt` when asked, runs `engine.fit`, writes `last.pt` after every epoch and
+`best.pt` on a val gain, and marks the results diverged (non-finite loss) or
+interrupted (Ctrl-C) when the run ends early.
 
 Runs made of several phases, each in its own folder (linear_init's two, the
 grid points of --search), go on under --resume phase by phase: `resumed_phase`
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from config import Config
+from config import Config, LossHyper
 from errors import UserError
 from instrumentation import RUN_FILES, RunLog, run_status
 from methods.base import SPMLLoss
@@ -63,9 +64,25 @@ def _checkpoint_of(cfg: Config, out: Path) -> dict | None:
     # A checkpoint written before a setting existed ran with its default (e.g. --decode pil): fill those in.
     saved = {f.name: f.default for f in dataclasses.fields(Config) if f.name not in ckpt["config"]
              and f.default is not dataclasses.MISSING and f.name in cfg.to_dict()} | ckpt["config"]
+    saved["hyper"] = dataclasses.asdict(LossHyper(**saved["hyper"]))  # the same for loss settings
     if saved != cfg.to_dict() | {k: ckpt["config"].get(k) for k in ("device", "num_workers", "out")}:
         raise UserError(f"{out / LAST} was written with another configuration than {out / 'config.json'}")
     return ckpt
+
+
+def model_param_groups(model: nn.Module, lr: float, classifier_lr_mult: float) -> list[dict]:
+    """The model's optimiser groups: one, or the final layer apart at `classifier_lr_mult` x lr (Kim et
+    al. 2022's lr_mult). The final layer is `model.classifier`, or the whole model in the linear modes."""
+    if classifier_lr_mult == 1:  # one group, as before the option existed: older last.pt files still resume
+        return [{"params": model.parameters()}]
+    head = model if isinstance(model, nn.Linear) else getattr(model, "classifier", None)
+    if not isinstance(head, nn.Module):
+        raise UserError(f"--classifier-lr-mult {classifier_lr_mult:g}: the model {type(model).__name__} has no "
+                        "`classifier` final layer; use --classifier-lr-mult 1")
+    head_ids = {id(p) for p in head.parameters()}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    return [*([{"params": body}] if body else []),
+            {"params": list(head.parameters()), "lr": classifier_lr_mult * lr}]
 
 
 def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss, loaders: dict[str, DataLoader],
@@ -74,7 +91,8 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     device = torch.device(cfg.device)
     options = StepOptions.from_config(cfg)
     prepare_model(model, options, cfg.compile)
-    optimizer = torch.optim.Adam([{"params": model.parameters()}, *loss_fn.param_groups(cfg.lr)], lr=cfg.lr)
+    optimizer = torch.optim.Adam([*model_param_groups(model, cfg.lr, cfg.classifier_lr_mult),
+                                  *loss_fn.param_groups(cfg.lr)], lr=cfg.lr)
     ckpt = _checkpoint_of(cfg, out)
     state = _train_state(out, ckpt)
     run_log = RunLog(out, cfg.to_dict(), ckpt["epochs"] if ckpt else None)
