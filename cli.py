@@ -145,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     vl.add_argument("--clip-weights", type=Path, help="local open_clip checkpoint for --clip-model (default: OpenAI weights from open_clip's cache)")
     vl.add_argument("--text-features", type=Path, help="(num_classes, D) .npy class text embeddings (VLPL's *text_feature.npy) instead of prompts")
     vl.add_argument("--prompt-template", default=DEFAULT_PROMPT, help=f"class prompt for the CLIP text tower (default: {DEFAULT_PROMPT!r})")
+    pu = p.add_argument_group("PU-MLC loss (-l PU; defaults: the authors' COCO settings, Yuan et al. 2024)")
+    pu.add_argument("--pu-alpha", type=_positive_float, default=LossHyper.pu_alpha,
+                    help=f"temperature scale: T_c = min(alpha x std of class c's logits over the batch, 1) "
+                         f"(default: {LossHyper.pu_alpha:g}; the authors use 2 on VOC)")
+    pu.add_argument("--pu-gamma", type=_non_negative_float, default=LossHyper.pu_gamma,
+                    help=f"re-balance exponent of the unlabeled term, w_c = mean(q_c)^gamma "
+                         f"(default: {LossHyper.pu_gamma:g}; the authors use 0.85 on VOC)")
+    pu.add_argument("--mix-alpha", type=_positive_float, default=LossHyper.mix_alpha,
+                    help=f"MixUp coefficient lambda ~ Beta(a, a) of the regulariser (default: {LossHyper.mix_alpha:g})")
+    pu.add_argument("--reg-weight", type=_non_negative_float, default=LossHyper.reg_weight,
+                    help=f"weight of the MixUp regulariser; 0 skips its second forward pass "
+                         f"(default: {LossHyper.reg_weight:g})")
     return p
 
 
@@ -289,6 +301,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
             gamma_pos=args.gamma_pos,
             gamma_unknown=args.gamma_unknown,
             gamma_neg=args.gamma_neg,
+            pu_alpha=args.pu_alpha,
+            pu_gamma=args.pu_gamma,
+            mix_alpha=args.mix_alpha,
+            reg_weight=args.reg_weight,
         ),
         deterministic=args.deterministic,
         skip_bad_images=args.skip_bad_images,

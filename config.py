@@ -33,6 +33,11 @@ class LossHyper:
     gamma_pos: float = 2.0
     gamma_unknown: float = 4.0
     gamma_neg: float = 4.0
+    # PU-MLC (methods/pu): adaptive temperature, re-balance exponent, MixUp regulariser
+    pu_alpha: float = 1.0
+    pu_gamma: float = 0.55
+    mix_alpha: float = 0.3
+    reg_weight: float = 1.0
 
 
 @dataclass(frozen=True)

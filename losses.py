@@ -33,6 +33,7 @@ from methods.base import (
     reduce,
     stateless,
 )
+from methods.pu import PULoss
 from methods.role import RoleLoss
 from methods.vlpl import VLPLLoss, loss_em_pl, loss_em_pl_asl, vlpl_defaults
 
@@ -135,6 +136,9 @@ LOSSES: dict[str, LossEntry] = {
     "EM_PL_ASL": LossEntry(VLPLLoss.builder(loss_em_pl_asl, "gamma_pos", "gamma_unknown", "gamma_neg"), OBSERVED,
                            "VLPL with focal weights on positives, unknowns and pseudo-negatives (Xing et al.)",
                            defaults=vlpl_defaults),
+    "PU": LossEntry(PULoss.from_hyper, OBSERVED,
+                    "PU-MLC: variational positive-unlabeled loss with adaptive temperature --pu-alpha and "
+                    "re-balance --pu-gamma, plus a MixUp regulariser (a second forward pass) (Yuan et al.)"),
 }
 
 

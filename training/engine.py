@@ -67,7 +67,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         index = index.to(device, non_blocking=True)
-        terms = loss_fn(model(images), targets, index)
+        logits = model(images)
+        # a loss may run the model again (PU's MixUp regulariser); most add nothing
+        terms = {**loss_fn(logits, targets, index), **loss_fn.extra_terms(model, images, logits, targets, index)}
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
