@@ -16,6 +16,7 @@ from methods.base import SPMLLoss
 from methods.vlpl.towers import ClipSpec
 from models import MultiLabelModel, create_backbone
 from modes.setup import build_loss, image_views, make_loaders
+from preproc.generate_observed_labels import label_protocol
 from training.checkpoint import load_checkpoint
 from training.engine import evaluate
 from training.trainer import train_and_record
@@ -44,6 +45,8 @@ def train_end_to_end(cfg: Config, out: Path, init: Init | None = None) -> dict:
         # NUS-WIDE's two variants give different numbers: every result names the one it used
         "dataset_variant": dataset_variant(cfg.dataset, cfg.data_dir, len(splits.train.images) + len(splits.val.images),
                                            len(splits.test.images)),
+        # single-positive or PU-MLC's known-ratio labels: results of the two must never be mixed
+        "label_protocol": label_protocol(cfg.data_dir),
     }
     return train_and_record(cfg, out, model, loss_fn, loaders, cfg.epochs, info).summary()
 

@@ -1,5 +1,6 @@
 """PU-MLC's loss (Yuan et al. 2024): hand values of L_var and L_reg on tiny batches, the
-temperature and re-balance rules, -1 == 0, the odd-batch MixUp, and a run on digits."""
+temperature and re-balance rules, -1 == 0, the odd-batch MixUp, and runs on digits (single-positive
+and the known-ratio protocol)."""
 from __future__ import annotations
 
 import json
@@ -8,10 +9,12 @@ import math
 import pytest
 import torch
 
+from conftest import slice_digits
 from losses import LOSSES
 from main import main
 from methods.pu import (EPSILON, TEMPERATURE_FLOOR, PULoss, adaptive_temperature, mixup_halves,
                         pu_mixup_regulariser, pu_variational)
+from preproc.generate_observed_labels import generate_observed_labels
 
 
 def sig(x: float) -> float:
@@ -151,3 +154,13 @@ def test_pu_trains_end_to_end_on_digits(small_digits, tmp_path):
     assert set(epoch["train_terms"]) == {"main", "reg"} and math.isfinite(epoch["train_loss"])
     hyper = json.loads((out / "config.json").read_text())["hyper"]
     assert (hyper["pu_alpha"], hyper["pu_gamma"], hyper["mix_alpha"], hyper["reg_weight"]) == (2.0, 0.85, 0.3, 1.0)
+
+
+def test_pu_trains_on_the_known_ratio_protocol(digits_master, tmp_path):
+    data = slice_digits(digits_master, tmp_path / "digits", 120, 60, copy_images=False)
+    generate_observed_labels(data, seed=0, known_ratio=0.1)
+    out = tmp_path / "run"
+    assert main(["-g", "cpu", "-l", "PU", "--epochs", "1", "--data-dir", str(data), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert results["label_protocol"] == {"protocol": "known_ratio", "known_ratio": 0.1, "seed": 0}
