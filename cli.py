@@ -23,6 +23,7 @@ from preflight import existing_file, existing_folder, new_run_folder, writable_f
 from presets import (DATA_ROOT, DEFAULT_CLIP_MODEL, DEFAULT_PROMPT, LINEAR_EPOCHS, PRESETS, REPO_ROOT, SEARCH_BSIZES,
                      SEARCH_LRS, TRAIN_MODES, custom_preset, preset_of)
 from training.checkpoint import load_checkpoint
+from training.recipe import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--reg-weight", type=_non_negative_float, default=LossHyper.reg_weight,
                     help=f"weight of the MixUp regulariser; 0 skips its second forward pass "
                          f"(default: {LossHyper.reg_weight:g})")
+    rc = p.add_argument_group("training recipe, with every loss (PU-MLC's: --weight-decay 1e-4 --sched onecycle "
+                              "--sched-epochs 80 --ema 0.9997; all off by default)")
+    rc.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimiser (default: adam)")
+    rc.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
+                    help="Adam's coupled L2 weight decay on every trainable tensor (default: 0)")
+    rc.add_argument("--sched", choices=SCHEDULES, default="none",
+                    help="lr schedule: onecycle steps every iteration up to --lr (warm-up 20%%, cosine, "
+                         "beta1 0.95 -> 0.85 -> 0.95) (default: none, a constant --lr)")
+    rc.add_argument("--sched-epochs", type=_positive_int,
+                    help="epochs the onecycle schedule is sized for; training still stops at --epochs, "
+                         "as the authors' cut-off of an 80-epoch schedule (default: --epochs)")
+    rc.add_argument("--ema", type=_number(float, 0.0, 1.0, True, True), metavar="DECAY",
+                    help="keep an EMA of the weights (decay per step, e.g. 0.9997); both the regular and the EMA "
+                         "weights are scored every epoch and the better on val is kept (default: off)")
     return p
 
 
@@ -229,6 +244,18 @@ def _saved_config(args: argparse.Namespace, argv: list[str] | None) -> Config:
     return Config.from_dict(saved, source, **changes)
 
 
+def _check_recipe(args: argparse.Namespace, epochs: int) -> None:
+    """The recipe's cross-field rules, before anything is written."""
+    if args.sched == "none" and args.sched_epochs is not None:
+        raise UserError("--sched-epochs sizes a schedule: add --sched onecycle, or drop --sched-epochs")
+    if args.sched != "none" and args.sched_epochs is not None and args.sched_epochs < epochs:
+        raise UserError(f"--sched-epochs {args.sched_epochs} is shorter than --epochs {epochs}: the schedule would end "
+                        f"before training does; pass --sched-epochs >= {epochs}")
+    if (args.sched != "none" or args.ema) and (args.train_mode != "end_to_end" or args.search):
+        raise UserError("--sched and --ema apply to end-to-end training only: drop them, or use "
+                        "--train-mode end_to_end without --search")
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     if args.resume or args.eval_only:
@@ -248,6 +275,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if expected_pos is None and args.loss in ("epr", "role"):
         raise UserError(f"-l {args.loss} needs --expected-pos on a dataset of your own: the average number of "
                         f"positive labels per image (Cole et al. use each benchmark's, e.g. 2.9 on COCO)")
+    _check_recipe(args, epochs)
     warmup = pick(args.warmup_epochs, loss_defaults.get("warmup_epochs", preset.warmup_epochs))
     if args.warmup_epochs is None and 0 < epochs <= warmup and args.loss == "EM_APL":
         log.info(f"EM_APL: the warm-up is shortened from {warmup} to {epochs - 1} epoch(s) for a {epochs}-epoch run "
@@ -320,6 +348,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         search_bsizes=tuple(args.search_bsizes),
         train_features=args.train_features,
         test_features=args.test_features,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        sched=args.sched,
+        sched_epochs=pick(args.sched_epochs, epochs) if args.sched != "none" else 0,
+        ema=args.ema or 0.0,
     )
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "

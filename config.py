@@ -77,6 +77,12 @@ class Config:
     # How this process was started, not what the run is: left out of config.json.
     resume: bool = False  # continue the run in `out` from its last.pt
     eval_only: Path | None = None  # score this checkpoint on val and test, train nothing
+    # Training recipe (training/recipe.py; PU-MLC's, Yuan et al. 2024), all off by default
+    optimizer: str = "adam"
+    weight_decay: float = 0.0  # Adam's coupled L2
+    sched: str = "none"  # "onecycle": stepped every iteration
+    sched_epochs: int = 0  # OneCycle's length in epochs (--epochs unless given); 0 without a schedule
+    ema: float = 0.0  # decay of the weight EMA; 0: none
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.

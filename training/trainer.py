@@ -2,7 +2,8 @@
 
 `train_and_record` is shared by end-to-end training and the linear modes: it
 builds Adam over the model and the loss's own parameter groups (ROLE's label
-estimator at lr x10), resumes from `last.pt` when asked, runs `engine.fit`, writes
+estimator at lr x10) and the recipe's options (training/recipe.py: weight decay,
+per-step schedule, weight EMA), resumes from `last.pt` when asked, runs `engine.fit`, writes
 `last.pt` after every epoch and `best.pt` on a val gain, and marks the results
 diverged (non-finite loss) or interrupted (Ctrl-C) when the run ends early.
 
@@ -34,6 +35,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.engine import NonFiniteLoss, TrainState, fit
+from training.recipe import ModelEma, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,17 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                      epochs: int, info: dict | None = None) -> TrainState:
     """Train `epochs` epochs into the run folder `out` (resumed from its last.pt with --resume)."""
     device = torch.device(cfg.device)
-    optimizer = torch.optim.Adam([{"params": model.parameters()}, *loss_fn.param_groups(cfg.lr)], lr=cfg.lr)
+    optimizer = build_optimizer([{"params": model.parameters()}, *loss_fn.param_groups(cfg.lr)], cfg.lr,
+                                cfg.weight_decay)
+    scheduler = build_scheduler(cfg.sched, optimizer, len(loaders["train"]), cfg.sched_epochs)
+    ema = ModelEma(model, cfg.ema) if cfg.ema else None  # from the weights training starts with
+
+    def after_step() -> None:  # the authors' order: optimiser step, then schedule, then EMA
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(model)
+
     ckpt = _checkpoint_of(cfg, out)
     state = _train_state(out, ckpt)
     run_log = RunLog(out, cfg.to_dict(), ckpt["epochs"] if ckpt else None)
@@ -78,15 +90,22 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         loss_fn.load_state_dict(ckpt["loss_state"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         restore_rng_state(ckpt["rng"], train_gen)  # last: model building above drew from the RNGs
 
     def save_checkpoints(state: TrainState, improved: bool) -> None:
         meta = {"train_state": {k: v for k, v in vars(state).items() if k != "best_weights"}, "config": cfg.to_dict()}
         if improved:  # before last.pt: if killed in between, the resumed run redoes this epoch and best.pt
-            save_checkpoint(out / BEST, {"model": model.state_dict(), **meta})
+            # with --ema the best may be the EMA weights: the copy the state kept
+            save_checkpoint(out / BEST, {"model": state.best_weights if ema is not None else model.state_dict(), **meta})
+        recipe = {**({"scheduler": scheduler.state_dict()} if scheduler is not None else {}),
+                  **({"ema": ema.state_dict()} if ema is not None else {})}
         save_checkpoint(out / LAST, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "loss_state": loss_fn.state_dict(), "epochs": run_log.epochs,
-                                     "rng": rng_state(train_gen), **meta})
+                                     "rng": rng_state(train_gen), **recipe, **meta})
 
     try:
         log.info(f"{cfg.dataset} ({len(loaders['train'].dataset)} train / {len(loaders['val'].dataset)} val / "
@@ -96,7 +115,9 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
             log.info(f"resuming {out} after epoch {state.epoch}")
         try:
             state = fit(model, loss_fn, optimizer, loaders, device, epochs, cfg.patience, cfg.threshold, run_log,
-                        state=state, on_epoch_end=save_checkpoints)
+                        state=state, on_epoch_end=save_checkpoints,
+                        after_step=after_step if scheduler is not None or ema is not None else None,
+                        ema_model=ema.module if ema is not None else None)
         except (NonFiniteLoss, KeyboardInterrupt) as err:
             # Nothing of the unfinished epoch is kept: last.pt and best.pt stay as the last completed epoch left them.
             status, reason = ("diverged", str(err)) if isinstance(err, NonFiniteLoss) else \
