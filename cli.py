@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--ema", type=_number(float, 0.0, 1.0, True, True), metavar="DECAY",
                     help="keep an EMA of the weights (decay per step, e.g. 0.9997); both the regular and the EMA "
                          "weights are scored every epoch and the better on val is kept (default: off)")
+    bb = p.add_argument_group("PU-MLC backbone (Yuan et al. 2024)")
+    bb.add_argument("--lgconv", action="store_true",
+                    help="wrap every 3x3 conv of a ResNet backbone with a parallel global branch that starts near "
+                         "zero (the local-global convolution), after the pretrained weights are loaded")
     return p
 
 
@@ -297,6 +301,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     out = args.out or REPO_ROOT / "runs" / f"{args.dataset}_{args.loss}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     new_run_folder(out.absolute())
     model = pick(args.model, preset.model)
+    if args.lgconv and (not model.startswith("resnet") or args.train_mode != "end_to_end"):
+        raise UserError(f"--lgconv wraps the 3x3 convs of a ResNet trained end to end; -m {model} "
+                        f"--train-mode {args.train_mode} has none to wrap: use -m resnet18/resnet50/resnet101")
     cfg = Config(
         dataset=args.dataset,
         loss=args.loss,
@@ -353,6 +360,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         sched=args.sched,
         sched_epochs=pick(args.sched_epochs, epochs) if args.sched != "none" else 0,
         ema=args.ema or 0.0,
+        lgconv=args.lgconv,
     )
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "

@@ -83,6 +83,7 @@ class Config:
     sched: str = "none"  # "onecycle": stepped every iteration
     sched_epochs: int = 0  # OneCycle's length in epochs (--epochs unless given); 0 without a schedule
     ema: float = 0.0  # decay of the weight EMA; 0: none
+    lgconv: bool = False  # PU-MLC's local-global convolution around every 3x3 conv of a ResNet
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.

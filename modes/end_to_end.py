@@ -11,6 +11,7 @@ from config import Config
 from dataset_provenance import dataset_variant
 from datasets import DatasetSplits, load_splits
 from fileio import write_json_atomic
+from lgconv import convert_to_lgconv
 from losses import LOSSES
 from methods.base import SPMLLoss
 from methods.vlpl.towers import ClipSpec
@@ -29,6 +30,8 @@ Init = Callable[[MultiLabelModel, SPMLLoss], None]  # loads weights and loss sta
 def _splits_and_model(cfg: Config) -> tuple[DatasetSplits, MultiLabelModel]:
     splits = load_splits(cfg.data_dir, cfg.dataset, cfg.image_root, LOSSES[cfg.loss].label_view, cfg.val_set_variant)
     backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights, ClipSpec(cfg.clip_model, cfg.clip_weights))
+    if cfg.lgconv:  # after the pretrained weights, as the authors: the global branches start near zero
+        log.info(f"--lgconv: {convert_to_lgconv(backbone.features)} convs of {cfg.model} get a global branch")
     return splits, MultiLabelModel(backbone, splits.num_classes).to(torch.device(cfg.device))
 
 
