@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--lgconv", action="store_true",
                     help="wrap every 3x3 conv of a ResNet backbone with a parallel global branch that starts near "
                          "zero (the local-global convolution), after the pretrained weights are loaded")
+    bb.add_argument("--head", choices=("linear", "ssgrl"), default="linear",
+                    help="classifier: one linear layer, or ssgrl: semantic decoupling guided by --word-vectors and a "
+                         "gated GNN over the co-occurrence graph of the observed train labels (ResNets) "
+                         "(default: linear)")
+    bb.add_argument("--word-vectors", type=Path, metavar="NPY",
+                    help="(num_classes, D) .npy of class word vectors in class order, for --head ssgrl")
     return p
 
 
@@ -301,6 +307,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
     out = args.out or REPO_ROOT / "runs" / f"{args.dataset}_{args.loss}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     new_run_folder(out.absolute())
     model = pick(args.model, preset.model)
+    if (args.head == "ssgrl") != (args.word_vectors is not None):
+        raise UserError("--head ssgrl and --word-vectors go together: pass both, or neither")
+    if args.head == "ssgrl" and (not model.startswith("resnet") or args.train_mode != "end_to_end"):
+        raise UserError(f"--head ssgrl reads the feature map of a ResNet trained end to end; -m {model} "
+                        f"--train-mode {args.train_mode} has none: use -m resnet18/resnet50/resnet101")
+    existing_file("--word-vectors", args.word_vectors, "a (num_classes, D) .npy of class word vectors")
     if args.lgconv and (not model.startswith("resnet") or args.train_mode != "end_to_end"):
         raise UserError(f"--lgconv wraps the 3x3 convs of a ResNet trained end to end; -m {model} "
                         f"--train-mode {args.train_mode} has none to wrap: use -m resnet18/resnet50/resnet101")
@@ -361,6 +373,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         sched_epochs=pick(args.sched_epochs, epochs) if args.sched != "none" else 0,
         ema=args.ema or 0.0,
         lgconv=args.lgconv,
+        head=args.head,
+        word_vectors=args.word_vectors,
     )
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "

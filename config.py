@@ -84,6 +84,8 @@ class Config:
     sched_epochs: int = 0  # OneCycle's length in epochs (--epochs unless given); 0 without a schedule
     ema: float = 0.0  # decay of the weight EMA; 0: none
     lgconv: bool = False  # PU-MLC's local-global convolution around every 3x3 conv of a ResNet
+    head: str = "linear"  # "ssgrl": PU-MLC's semantic decoupling + gated GNN head (ssgrl.py)
+    word_vectors: Path | None = None  # (C, D) class word vectors of the ssgrl head
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.
@@ -112,4 +114,4 @@ class Config:
 
 _INVOCATION_FIELDS = {"resume", "eval_only"}
 _PATH_FIELDS = {"data_dir", "image_root", "out", "pretrained_weights", "clip_weights", "text_features", "train_features",
-                "test_features"}
+                "test_features", "word_vectors"}

@@ -12,6 +12,7 @@ from dataset_provenance import dataset_variant
 from datasets import DatasetSplits, load_splits
 from fileio import write_json_atomic
 from lgconv import convert_to_lgconv
+from ssgrl import SSGRLModel, load_word_vectors
 from losses import LOSSES
 from methods.base import SPMLLoss
 from methods.vlpl.towers import ClipSpec
@@ -32,6 +33,9 @@ def _splits_and_model(cfg: Config) -> tuple[DatasetSplits, MultiLabelModel]:
     backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights, ClipSpec(cfg.clip_model, cfg.clip_weights))
     if cfg.lgconv:  # after the pretrained weights, as the authors: the global branches start near zero
         log.info(f"--lgconv: {convert_to_lgconv(backbone.features)} convs of {cfg.model} get a global branch")
+    if cfg.head == "ssgrl":  # the graph comes from the observed train labels, as the authors'
+        vectors = load_word_vectors(cfg.word_vectors, splits.num_classes)
+        return splits, SSGRLModel(backbone, vectors, splits.train.labels).to(torch.device(cfg.device))
     return splits, MultiLabelModel(backbone, splits.num_classes).to(torch.device(cfg.device))
 
 
