@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--ema", type=_number(float, 0.0, 1.0, True, True), metavar="DECAY",
                     help="keep an EMA of the weights (decay per step, e.g. 0.9997); both the regular and the EMA "
                          "weights are scored every epoch and the better on val is kept (default: off)")
+    rc.add_argument("--freeze-bn", action="store_true",
+                    help="run every BatchNorm in eval mode while training too: running statistics never change, "
+                         "the affine weights still learn (the authors' recipe) (default: off)")
     bb = p.add_argument_group("PU-MLC backbone (Yuan et al. 2024)")
     bb.add_argument("--lgconv", action="store_true",
                     help="wrap every 3x3 conv of a ResNet backbone with a parallel global branch that starts near "
@@ -375,6 +378,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         lgconv=args.lgconv,
         head=args.head,
         word_vectors=args.word_vectors,
+        freeze_bn=args.freeze_bn,
     )
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "

@@ -86,6 +86,7 @@ class Config:
     lgconv: bool = False  # PU-MLC's local-global convolution around every 3x3 conv of a ResNet
     head: str = "linear"  # "ssgrl": PU-MLC's semantic decoupling + gated GNN head (ssgrl.py)
     word_vectors: Path | None = None  # (C, D) class word vectors of the ssgrl head
+    freeze_bn: bool = False  # every BatchNorm in eval mode while training (the authors' recipe)
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.

@@ -104,3 +104,20 @@ def test_onecycle_and_ema_resume_like_an_uninterrupted_run(small_digits, tmp_pat
     steps = last["scheduler"]["last_epoch"]
     assert steps == 3 * last["scheduler"]["total_steps"] // 5  # cut off at --epochs of a --sched-epochs schedule
     assert load_checkpoint(straight / BEST)["train_state"]["best_source"] == results["best_weights"]
+
+
+def test_freeze_bn_keeps_running_statistics_and_trains_the_affine_weights(small_digits, tmp_path):
+    from training.recipe import freeze_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    assert freeze_batchnorm(model) == 1
+    model.train()
+    model(torch.randn(2, 3, 5, 5) + 3).sum().backward()
+    assert torch.equal(model[1].running_mean, torch.zeros(4)) and int(model[1].num_batches_tracked) == 0
+    assert model[1].weight.grad is not None and model[0].training
+    assert not parse_args(["-g", "cpu", "--out", str(tmp_path / "a")]).freeze_bn
+    out = tmp_path / "run"
+    assert main(["-g", "cpu", "-l", "PU", "--epochs", "1", "--freeze-bn", "--data-dir", str(small_digits),
+                 "--out", str(out)]) == 0
+    state = load_checkpoint(out / LAST)["model"]
+    assert all(int(v) == 0 for k, v in state.items() if k.endswith("num_batches_tracked"))

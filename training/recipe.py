@@ -9,6 +9,8 @@ as before. PU-MLC's recipe (Yuan, Zhang, Huang, ICME 2024), usable with every lo
                             lr / 25 down to lr / 25 / 1e4, Adam's beta1 cycled 0.95 -> 0.85 -> 0.95;
                             sized for --sched-epochs (the authors' 80) while training stops at
                             --epochs (the authors' cut-off: the LR never reaches its floor)
+    --freeze-bn             every BatchNorm runs in eval mode, also while training: its running
+                            statistics never change (the authors' code), its affine weights still learn
     --ema DECAY             theta_ema <- d theta_ema + (1 - d) theta after every step, from the
                             first, no warm-up; the EMA copy is of the unwrapped model, stays in
                             eval mode, and copies (not averages) integer buffers (BatchNorm's step
@@ -47,6 +49,22 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, steps_per_epoch
         total_steps=max(steps_per_epoch, 1) * sched_epochs, pct_start=PCT_START, anneal_strategy="cos",
         cycle_momentum=True, base_momentum=BASE_BETA1, max_momentum=MAX_BETA1,
         div_factor=DIV_FACTOR, final_div_factor=FINAL_DIV_FACTOR)
+
+
+def _eval_mode(module: nn.Module, inputs) -> None:
+    module.train(False)
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Make every BatchNorm of `model` run in eval mode whatever model.train() said; returns how many.
+
+    A forward pre-hook, so the training loop needs no special case (the authors re-apply
+    eval() to every BatchNorm after each model.train()).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.register_forward_pre_hook(_eval_mode)
+    return len(norms)
 
 
 class ModelEma:

@@ -35,7 +35,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.engine import NonFiniteLoss, TrainState, fit
-from training.recipe import ModelEma, build_optimizer, build_scheduler
+from training.recipe import ModelEma, build_optimizer, build_scheduler, freeze_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                      epochs: int, info: dict | None = None) -> TrainState:
     """Train `epochs` epochs into the run folder `out` (resumed from its last.pt with --resume)."""
     device = torch.device(cfg.device)
+    if cfg.freeze_bn:
+        log.info(f"--freeze-bn: {freeze_batchnorm(model)} BatchNorm layers run in eval mode")
     optimizer = build_optimizer([{"params": model.parameters()}, *loss_fn.param_groups(cfg.lr)], cfg.lr,
                                 cfg.weight_decay)
     scheduler = build_scheduler(cfg.sched, optimizer, len(loaders["train"]), cfg.sched_epochs)
