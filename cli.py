@@ -25,6 +25,7 @@ from presets import (DATA_ROOT, DEFAULT_CLIP_MODEL, DEFAULT_PROMPT, LINEAR_EPOCH
                      SEARCH_LRS, TRAIN_MODES, custom_preset, preset_of)
 from training.checkpoint import load_checkpoint
 from training.speed import AMP_DTYPES, check_amp
+from training.recipe import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,45 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--classifier-lr-mult", type=_positive_float,
                     help="learning rate of the final layer relative to --lr "
                          "(default: 1; 10 for LL-* and GR, as their authors' code)")
+    pu = p.add_argument_group("PU-MLC loss (-l PU; defaults: the authors' COCO settings, Yuan et al. 2024)")
+    pu.add_argument("--pu-alpha", type=_positive_float, default=LossHyper.pu_alpha,
+                    help=f"temperature scale: T_c = min(alpha x std of class c's logits over the batch, 1) "
+                         f"(default: {LossHyper.pu_alpha:g}; the authors use 2 on VOC)")
+    pu.add_argument("--pu-gamma", type=_non_negative_float, default=LossHyper.pu_gamma,
+                    help=f"re-balance exponent of the unlabeled term, w_c = mean(q_c)^gamma "
+                         f"(default: {LossHyper.pu_gamma:g}; the authors use 0.85 on VOC)")
+    pu.add_argument("--mix-alpha", type=_positive_float, default=LossHyper.mix_alpha,
+                    help=f"MixUp coefficient lambda ~ Beta(a, a) of the regulariser (default: {LossHyper.mix_alpha:g})")
+    pu.add_argument("--reg-weight", type=_non_negative_float, default=LossHyper.reg_weight,
+                    help=f"weight of the MixUp regulariser; 0 skips its second forward pass "
+                         f"(default: {LossHyper.reg_weight:g})")
+    rc = p.add_argument_group("training recipe, with every loss (PU-MLC's: --weight-decay 1e-4 --sched onecycle "
+                              "--sched-epochs 80 --ema 0.9997; all off by default)")
+    rc.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimiser (default: adam)")
+    rc.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
+                    help="Adam's coupled L2 weight decay on every trainable tensor (default: 0)")
+    rc.add_argument("--sched", choices=SCHEDULES, default="none",
+                    help="lr schedule: onecycle steps every iteration up to --lr (warm-up 20%%, cosine, "
+                         "beta1 0.95 -> 0.85 -> 0.95) (default: none, a constant --lr)")
+    rc.add_argument("--sched-epochs", type=_positive_int,
+                    help="epochs the onecycle schedule is sized for; training still stops at --epochs, "
+                         "as the authors' cut-off of an 80-epoch schedule (default: --epochs)")
+    rc.add_argument("--ema", type=_number(float, 0.0, 1.0, True, True), metavar="DECAY",
+                    help="keep an EMA of the weights (decay per step, e.g. 0.9997); both the regular and the EMA "
+                         "weights are scored every epoch and the better on val is kept (default: off)")
+    rc.add_argument("--freeze-bn", action="store_true",
+                    help="run every BatchNorm in eval mode while training too: running statistics never change, "
+                         "the affine weights still learn (the authors' recipe) (default: off)")
+    bb = p.add_argument_group("PU-MLC backbone (Yuan et al. 2024)")
+    bb.add_argument("--lgconv", action="store_true",
+                    help="wrap every 3x3 conv of a ResNet backbone with a parallel global branch that starts near "
+                         "zero (the local-global convolution), after the pretrained weights are loaded")
+    bb.add_argument("--head", choices=("linear", "ssgrl"), default="linear",
+                    help="classifier: one linear layer, or ssgrl: semantic decoupling guided by --word-vectors and a "
+                         "gated GNN over the co-occurrence graph of the observed train labels (ResNets) "
+                         "(default: linear)")
+    bb.add_argument("--word-vectors", type=Path, metavar="NPY",
+                    help="(num_classes, D) .npy of class word vectors in class order, for --head ssgrl")
     return p
 
 
@@ -259,6 +299,18 @@ def _saved_config(args: argparse.Namespace, argv: list[str] | None) -> Config:
     return Config.from_dict(saved, source, **changes)
 
 
+def _check_recipe(args: argparse.Namespace, epochs: int) -> None:
+    """The recipe's cross-field rules, before anything is written."""
+    if args.sched == "none" and args.sched_epochs is not None:
+        raise UserError("--sched-epochs sizes a schedule: add --sched onecycle, or drop --sched-epochs")
+    if args.sched != "none" and args.sched_epochs is not None and args.sched_epochs < epochs:
+        raise UserError(f"--sched-epochs {args.sched_epochs} is shorter than --epochs {epochs}: the schedule would end "
+                        f"before training does; pass --sched-epochs >= {epochs}")
+    if (args.sched != "none" or args.ema) and (args.train_mode != "end_to_end" or args.search):
+        raise UserError("--sched and --ema apply to end-to-end training only: drop them, or use "
+                        "--train-mode end_to_end without --search")
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     if args.resume or args.eval_only:
@@ -278,6 +330,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if expected_pos is None and args.loss in ("epr", "role"):
         raise UserError(f"-l {args.loss} needs --expected-pos on a dataset of your own: the average number of "
                         f"positive labels per image (Cole et al. use each benchmark's, e.g. 2.9 on COCO)")
+    _check_recipe(args, epochs)
     warmup = pick(args.warmup_epochs, loss_defaults.get("warmup_epochs", preset.warmup_epochs))
     if args.warmup_epochs is None and 0 < epochs <= warmup and args.loss == "EM_APL":
         log.info(f"EM_APL: the warm-up is shortened from {warmup} to {epochs - 1} epoch(s) for a {epochs}-epoch run "
@@ -300,6 +353,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
     new_run_folder(out.absolute())
     model = pick(args.model, preset.model)
     device = _device(args.gpu)
+    if (args.head == "ssgrl") != (args.word_vectors is not None):
+        raise UserError("--head ssgrl and --word-vectors go together: pass both, or neither")
+    if args.head == "ssgrl" and (not model.startswith("resnet") or args.train_mode != "end_to_end"):
+        raise UserError(f"--head ssgrl reads the feature map of a ResNet trained end to end; -m {model} "
+                        f"--train-mode {args.train_mode} has none: use -m resnet18/resnet50/resnet101")
+    existing_file("--word-vectors", args.word_vectors, "a (num_classes, D) .npy of class word vectors")
+    if args.lgconv and (not model.startswith("resnet") or args.train_mode != "end_to_end"):
+        raise UserError(f"--lgconv wraps the 3x3 convs of a ResNet trained end to end; -m {model} "
+                        f"--train-mode {args.train_mode} has none to wrap: use -m resnet18/resnet50/resnet101")
     cfg = Config(
         dataset=args.dataset,
         loss=args.loss,
@@ -333,6 +395,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
             gamma_unknown=args.gamma_unknown,
             gamma_neg=args.gamma_neg,
             delta_rel=pick(args.delta_rel, loss_defaults.get("delta_rel")),
+            pu_alpha=args.pu_alpha,
+            pu_gamma=args.pu_gamma,
+            mix_alpha=args.mix_alpha,
+            reg_weight=args.reg_weight,
         ),
         deterministic=args.deterministic,
         skip_bad_images=args.skip_bad_images,
@@ -350,6 +416,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
         test_features=args.test_features,
         **_speed_settings(args, device),
         classifier_lr_mult=pick(args.classifier_lr_mult, loss_defaults.get("classifier_lr_mult", 1.0)),
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        sched=args.sched,
+        sched_epochs=pick(args.sched_epochs, epochs) if args.sched != "none" else 0,
+        ema=args.ema or 0.0,
+        lgconv=args.lgconv,
+        head=args.head,
+        word_vectors=args.word_vectors,
+        freeze_bn=args.freeze_bn,
     )
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "

@@ -36,6 +36,11 @@ class LossHyper:
     # Large-Loss (methods/large_loss.py): percentage points the clean rate falls per epoch;
     # None: the scheme's own default
     delta_rel: float | None = None
+    # PU-MLC (methods/pu): adaptive temperature, re-balance exponent, MixUp regulariser
+    pu_alpha: float = 1.0
+    pu_gamma: float = 0.55
+    mix_alpha: float = 0.3
+    reg_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,16 @@ class Config:
     # How this process was started, not what the run is: left out of config.json.
     resume: bool = False  # continue the run in `out` from its last.pt
     eval_only: Path | None = None  # score this checkpoint on val and test, train nothing
+    # Training recipe (training/recipe.py; PU-MLC's, Yuan et al. 2024), all off by default
+    optimizer: str = "adam"
+    weight_decay: float = 0.0  # Adam's coupled L2
+    sched: str = "none"  # "onecycle": stepped every iteration
+    sched_epochs: int = 0  # OneCycle's length in epochs (--epochs unless given); 0 without a schedule
+    ema: float = 0.0  # decay of the weight EMA; 0: none
+    lgconv: bool = False  # PU-MLC's local-global convolution around every 3x3 conv of a ResNet
+    head: str = "linear"  # "ssgrl": PU-MLC's semantic decoupling + gated GNN head (ssgrl.py)
+    word_vectors: Path | None = None  # (C, D) class word vectors of the ssgrl head
+    freeze_bn: bool = False  # every BatchNorm in eval mode while training (the authors' recipe)
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.
@@ -110,4 +125,4 @@ class Config:
 
 _INVOCATION_FIELDS = {"resume", "eval_only"}
 _PATH_FIELDS = {"data_dir", "image_root", "out", "pretrained_weights", "clip_weights", "text_features", "train_features",
-                "test_features"}
+                "test_features", "word_vectors"}

@@ -93,5 +93,6 @@ def epoch_line(record: dict, epochs: int, is_best: bool) -> str:
     return (
         f"epoch {record['epoch']:>2}/{epochs}  loss {record['train_loss']:.4f}  "
         f"val mAP {record['val_map']:6.2f}  test mAP {record['test_map']:6.2f}  "
-        f"({record['time_s']:.1f} s){'  *best' if is_best else ''}"
+        + (f"EMA val {record['ema_val_map']:6.2f} test {record['ema_test_map']:6.2f}  " if "ema_val_map" in record else "")
+        + f"({record['time_s']:.1f} s){'  *best' if is_best else ''}"
     )

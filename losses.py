@@ -38,6 +38,7 @@ from methods.gr import CLASSIFIER_LR_MULT as GR_CLASSIFIER_LR_MULT
 from methods.gr import GRLoss
 from methods.large_loss import LargeLoss, large_loss_defaults
 from methods.robust import SPLCLoss, loss_asl, loss_focal, loss_hill
+from methods.pu import PULoss
 from methods.role import RoleLoss
 from methods.vlpl import VLPLLoss, loss_em_pl, loss_em_pl_asl, vlpl_defaults
 
@@ -163,6 +164,9 @@ LOSSES: dict[str, LossEntry] = {
     "ASL": LossEntry(stateless(loss_asl), OBSERVED,
                      "asymmetric loss, gamma_neg 4, gamma_pos 0, clip 0.05, unknowns as negatives "
                      "(Ridnik et al. ICCV 2021)"),
+    "PU": LossEntry(PULoss.from_hyper, OBSERVED,
+                    "PU-MLC: variational positive-unlabeled loss with adaptive temperature --pu-alpha and "
+                    "re-balance --pu-gamma, plus a MixUp regulariser (a second forward pass) (Yuan et al.)"),
 }
 
 

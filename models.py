@@ -149,6 +149,12 @@ def _resnet50(pretrained: bool) -> Backbone:
     return _torchvision_resnet("resnet50", tv.ResNet50_Weights, pretrained)
 
 
+@register_backbone("resnet101")
+def _resnet101(pretrained: bool) -> Backbone:
+    """PU-MLC's backbone (Yuan et al. 2024): torchvision's ImageNet V1 weights, as the authors' URL table."""
+    return _torchvision_resnet("resnet101", tv.ResNet101_Weights, pretrained)
+
+
 @register_backbone("resnet18")
 def _resnet18(pretrained: bool) -> Backbone:
     return _torchvision_resnet("resnet18", tv.ResNet18_Weights, pretrained)

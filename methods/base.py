@@ -7,7 +7,9 @@ code: +1 positive, 0 unknown, -1 negative.
 
 A loss is an `SPMLLoss`: `forward(logits, targets, index) -> dict of named terms`
 (the loop sums and logs them), `start_epoch(epoch, score_train)` for methods that
-update pseudo-labels between epochs, and `state_dict()` for checkpointing. Each
+update pseudo-labels between epochs, `extra_terms(model, images, logits, targets,
+index)` for a loss that runs the model once more (PU-MLC's MixUp regulariser), and
+`state_dict()` for checkpointing. Each
 method builds itself from the run's `LossHyper` with `from_hyper(hp, num_examples,
 num_classes)`; `losses.py` registers them all in one table.
 """
@@ -89,6 +91,16 @@ class SPMLLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> Terms:
         raise NotImplementedError
+
+    def extra_terms(self, model: nn.Module, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                    index: torch.Tensor) -> Terms:
+        """Terms that need the model again (e.g. a regulariser's second forward pass on mixed images).
+
+        The training loop calls it for every loss right after `forward`, on the same
+        batch, with the model in train mode; the terms are summed and logged like
+        `forward`'s. Most losses need no second pass: none by default.
+        """
+        return {}
 
 
 class StatelessLoss(SPMLLoss):

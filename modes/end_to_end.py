@@ -11,11 +11,14 @@ from config import Config
 from dataset_provenance import dataset_variant
 from datasets import DatasetSplits, load_splits
 from fileio import write_json_atomic
+from lgconv import convert_to_lgconv
+from ssgrl import SSGRLModel, load_word_vectors
 from losses import LOSSES
 from methods.base import SPMLLoss
 from methods.vlpl.towers import ClipSpec
 from models import MultiLabelModel, create_backbone
 from modes.setup import build_loss, image_views, make_loaders
+from preproc.generate_observed_labels import label_protocol
 from training.checkpoint import load_checkpoint
 from training.engine import evaluate
 from training.speed import StepOptions, prepare_model
@@ -29,6 +32,11 @@ Init = Callable[[MultiLabelModel, SPMLLoss], None]  # loads weights and loss sta
 def _splits_and_model(cfg: Config) -> tuple[DatasetSplits, MultiLabelModel]:
     splits = load_splits(cfg.data_dir, cfg.dataset, cfg.image_root, LOSSES[cfg.loss].label_view, cfg.val_set_variant)
     backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights, ClipSpec(cfg.clip_model, cfg.clip_weights))
+    if cfg.lgconv:  # after the pretrained weights, as the authors: the global branches start near zero
+        log.info(f"--lgconv: {convert_to_lgconv(backbone.features)} convs of {cfg.model} get a global branch")
+    if cfg.head == "ssgrl":  # the graph comes from the observed train labels, as the authors'
+        vectors = load_word_vectors(cfg.word_vectors, splits.num_classes)
+        return splits, SSGRLModel(backbone, vectors, splits.train.labels).to(torch.device(cfg.device))
     return splits, MultiLabelModel(backbone, splits.num_classes).to(torch.device(cfg.device))
 
 
@@ -45,6 +53,8 @@ def train_end_to_end(cfg: Config, out: Path, init: Init | None = None) -> dict:
         # NUS-WIDE's two variants give different numbers: every result names the one it used
         "dataset_variant": dataset_variant(cfg.dataset, cfg.data_dir, len(splits.train.images) + len(splits.val.images),
                                            len(splits.test.images)),
+        # single-positive or PU-MLC's known-ratio labels: results of the two must never be mixed
+        "label_protocol": label_protocol(cfg.data_dir),
     }
     return train_and_record(cfg, out, model, loss_fn, loaders, cfg.epochs, info).summary()
 

@@ -6,7 +6,9 @@ import pytest
 
 from datasets import generate_split, training_targets
 from errors import UserError
-from preproc.generate_observed_labels import generate_observed_labels, observe_uniform
+from preproc.generate_observed_labels import (generate_observed_labels, label_protocol, observe_known_ratio,
+                                              observe_uniform)
+from preproc.generate_observed_labels import main as generate_main
 
 
 def reference_procedure(labels, num_pos, num_neg, seed):
@@ -95,3 +97,54 @@ def test_label_views():
     np.testing.assert_array_equal(training_targets(obs, full, "observed"), obs)
     np.testing.assert_array_equal(training_targets(obs, full, "full"), [[1, 1, -1, -1]])
     np.testing.assert_array_equal(training_targets(obs, full, "true_negatives"), [[1, 0, -1, -1]])
+
+
+def test_known_ratio_mask_is_the_authors_draw():
+    """PU-MLC's protocol: np.random.seed(0); np.random.rand(N, C) < R, over positives and negatives alike."""
+    labels = np.array([[1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 0, 0]], dtype=np.float32)
+    obs = observe_known_ratio(labels, 0.5, np.random.RandomState(0))
+    # RandomState(0).rand(3, 4) = .549 .715 .603 .545 / .424 .646 .438 .892 / .964 .383 .792 .529
+    expected = np.array([[0, 0, 0, 0], [-1, 0, -1, 0], [0, 1, 0, 0]], dtype=np.float32)
+    np.testing.assert_array_equal(obs, expected)
+    assert obs.dtype == labels.dtype
+    saved = np.random.get_state()
+    big = (np.random.RandomState(9).rand(300, 20) < 0.3).astype(np.float64)
+    got = observe_known_ratio(big, 0.1, np.random.RandomState(0))
+    np.random.seed(0)  # the authors' global reseed, done here only to build the expected mask
+    keep = np.random.rand(300, 20) < 0.1
+    np.testing.assert_array_equal(got != 0, keep)
+    np.testing.assert_array_equal(got[keep], np.where(big[keep] == 1, 1.0, -1.0))
+    assert 0.08 < keep.mean() < 0.12
+    np.random.set_state(saved)
+
+
+def test_known_ratio_files_mask_train_only_and_record_the_protocol(tmp_path):
+    train = (np.random.RandomState(5).rand(50, 7) < 0.3).astype(np.float64)
+    val = (np.random.RandomState(6).rand(30, 7) < 0.3).astype(np.float64)
+    np.save(tmp_path / "formatted_train_labels.npy", train)
+    np.save(tmp_path / "formatted_val_labels.npy", val)
+    before = np.random.get_state()[1].copy()
+    generate_observed_labels(tmp_path, seed=0, known_ratio=0.2)
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # NumPy's global generator untouched
+    np.testing.assert_array_equal(np.load(tmp_path / "formatted_train_labels_obs.npy"),
+                                  observe_known_ratio(train, 0.2, np.random.RandomState(0)))
+    np.testing.assert_array_equal(np.load(tmp_path / "formatted_val_labels_obs.npy"), np.where(val == 1, 1.0, -1.0))
+    assert label_protocol(tmp_path) == {"protocol": "known_ratio", "known_ratio": 0.2, "seed": 0}
+    generate_observed_labels(tmp_path, seed=1200)  # back to single-positive: the record follows
+    assert label_protocol(tmp_path)["protocol"] == "single_positive"
+
+
+@pytest.mark.parametrize("kwargs, match", [({"known_ratio": 0.0}, "known-ratio"), ({"known_ratio": 1.5}, "known-ratio"),
+                                           ({"known_ratio": 0.1, "num_pos": 2}, "drop --num-pos")])
+def test_known_ratio_refuses_bad_values(tmp_path, kwargs, match):
+    with pytest.raises(UserError, match=match):
+        generate_observed_labels(tmp_path, **kwargs)
+
+
+def test_known_ratio_command_line(tmp_path):
+    np.save(tmp_path / "formatted_train_labels.npy", np.eye(4))
+    np.save(tmp_path / "formatted_val_labels.npy", np.eye(4))
+    assert generate_main(["--dataset", "digits", "--data-dir", str(tmp_path), "--known-ratio", "0.5", "--seed", "0"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "formatted_train_labels_obs.npy"),
+                                  observe_known_ratio(np.eye(4), 0.5, np.random.RandomState(0)))
+    assert generate_main(["--dataset", "digits", "--data-dir", str(tmp_path), "--known-ratio", "2"]) == 2

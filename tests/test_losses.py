@@ -73,8 +73,8 @@ def test_hand_values(name):
 
 
 def test_every_registered_loss_has_a_hand_value():
-    # role: test_role_hand_value; EM_PL, EM_PL_ASL: tests/test_vlpl.py
-    assert set(LOSSES) - set(EXPECTED) == {"role", "EM_PL", "EM_PL_ASL"}
+    # role: test_role_hand_value; EM_PL, EM_PL_ASL: tests/test_vlpl.py; PU: tests/test_pu.py
+    assert set(LOSSES) - set(EXPECTED) == {"role", "EM_PL", "EM_PL_ASL", "PU"}
 
 
 def test_iu_trains_observed_negatives():
@@ -118,12 +118,16 @@ def test_registry_finite_gradients_at_large_logits_in_every_phase(name):
     if loss.needs_clip_scores:
         loss.set_clip_cosines(torch.tensor([[0.3, 0.2, 0.1], [0.1, 0.3, 0.2], [0.2, 0.1, 0.3], [0.3, 0.1, 0.2]]))
     logits = torch.tensor([[30.0, -30, 30], [-30, 30, -30], [30, 30, -30], [-30, -30, 30]], requires_grad=True)
+    # a loss may run the model again on the images (PU's MixUp): a linear model with |logit| up to 30
+    model = torch.nn.Linear(3, 3)
+    images = 10 * torch.sign(logits.detach())
     score_train = lambda: torch.sigmoid(logits.detach())  # noqa: E731
     for epoch in range(1, hp.epochs + 1):
         loss.start_epoch(epoch, score_train)
         logits.grad = None
         loss.zero_grad()
-        terms = loss(logits, targets, torch.arange(num))
+        terms = {**loss(logits, targets, torch.arange(num)),
+                 **loss.extra_terms(model, images, logits, targets, torch.arange(num))}
         assert terms and all(t.shape == () for t in terms.values())
         total = sum(terms.values())
         assert torch.isfinite(total), f"epoch {epoch}"
@@ -131,6 +135,9 @@ def test_registry_finite_gradients_at_large_logits_in_every_phase(name):
         assert torch.isfinite(logits.grad).all(), f"epoch {epoch}"
         for param in loss.parameters():
             assert torch.isfinite(param.grad).all(), f"epoch {epoch}"
+        for param in model.parameters():  # reached only by a loss that runs the model again
+            assert param.grad is None or torch.isfinite(param.grad).all(), f"epoch {epoch}"
+        model.zero_grad(set_to_none=True)
     if isinstance(loss, EmAplLoss):  # the phases ran: pseudo-labels exist
         assert loss.pseudo.any()
     if isinstance(loss, VLPLLoss):

@@ -36,6 +36,7 @@ class TrainState:
     best_test_map: float = math.nan
     best_weights: dict = field(default_factory=dict)
     epochs_without_gain: int = 0
+    best_source: str | None = None  # with --ema: "regular" or "ema", the weights kept as best
 
     def update(self, epoch: int, val_map: float, test_map: float, model: nn.Module) -> bool:
         """Record an epoch's scores; keeps a copy of the weights when val mAP improves. True if it did."""
@@ -52,7 +53,10 @@ class TrainState:
         return patience > 0 and self.epochs_without_gain >= patience
 
     def summary(self) -> dict:
-        return {"best_epoch": self.best_epoch, "best_val_map": self.best_val_map, "test_map": self.best_test_map}
+        out = {"best_epoch": self.best_epoch, "best_val_map": self.best_val_map, "test_map": self.best_test_map}
+        if self.best_source is not None:
+            out["best_weights"] = self.best_source
+        return out
 
 
 # Steps between host syncs: reading the loss forces the CPU to wait for the GPU, so the
@@ -94,7 +98,9 @@ def _read_losses(window: list[torch.Tensor], steps: list[int], names: list[str],
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer,
-                    device: torch.device, epoch: int, options: StepOptions = StepOptions()) -> dict:
+                    device: torch.device, epoch: int, options: StepOptions = StepOptions(),
+                    after_step: Callable[[], None] | None = None) -> dict:
+    """One pass over `loader`; `after_step()` runs after every optimiser step (lr schedule, weight EMA)."""
     model.train()
     totals: dict[str, float] = {}
     seen = 0
@@ -112,11 +118,16 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
         index = index.to(device, non_blocking=True)
         with options.autocast(device):
             logits = model(images)
-        terms = loss_fn(logits.float(), targets, index)  # the loss in fp32 whatever the forward's precision
+            # a loss may run the model again (PU's MixUp regulariser), at the same precision; most add nothing
+            extra = loss_fn.extra_terms(model, images, logits.float(), targets, index)
+        # the loss in fp32 whatever the forward's precision
+        terms = {**loss_fn(logits.float(), targets, index), **extra}
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         if window and list(terms) != names:  # a method whose terms change mid-epoch: read the others first
             _read_losses(window, window_steps, names, totals, epoch)
         names = list(terms)
@@ -158,24 +169,39 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, thresho
 def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, loaders: dict[str, DataLoader],
         device: torch.device, epochs: int, patience: int, threshold: float, run: RunLog,
         state: TrainState | None = None, on_epoch_end: Callable[[TrainState, bool], None] | None = None,
-        options: StepOptions = StepOptions()) -> TrainState:
+        options: StepOptions = StepOptions(), after_step: Callable[[], None] | None = None,
+        ema_model: nn.Module | None = None) -> TrainState:
     """Train, validate and test each epoch; keep the best-val weights; stop after `patience` epochs without gain.
 
     A resumed run passes its restored `state` and continues after `state.epoch`;
-    `on_epoch_end(state, improved)` runs after each epoch is logged (checkpoints).
+    `on_epoch_end(state, improved)` runs after each epoch is logged (checkpoints);
+    `after_step()` after every optimiser step. With `ema_model` (the weight EMA) both
+    the regular and the EMA weights are scored each epoch, both are logged, and the
+    better of the two on val is the epoch's score (never chosen on test).
     """
     state = state if state is not None else TrainState()
     score_train = lambda: predict(model, loaders["train_eval"], device, "scoring train set", options)  # noqa: E731
     for epoch in range(state.epoch + 1, epochs + 1):
         started = time.perf_counter()
         loss_fn.start_epoch(epoch, score_train)
-        train = train_one_epoch(model, loaders["train"], loss_fn, optimizer, device, epoch, options)
+        train = train_one_epoch(model, loaders["train"], loss_fn, optimizer, device, epoch, options, after_step)
         val = evaluate(model, loaders["val"], device, threshold, "val", options)
         test = evaluate(model, loaders["test"], device, threshold, "test", options)
         record = {"epoch": epoch, "train_loss": train.pop("loss"), "skipped_images": train.pop("skipped_images"),
                   "val_map": val["map"], "test_map": test["map"],
                   "train_terms": train, "val": val, "test": test, "time_s": time.perf_counter() - started}
-        improved = state.update(epoch, val["map"], test["map"], model)
+        chosen, val_map, test_map = model, val["map"], test["map"]
+        if ema_model is not None:
+            ema_val = evaluate(ema_model, loaders["val"], device, threshold, "val (EMA)", options)
+            ema_test = evaluate(ema_model, loaders["test"], device, threshold, "test (EMA)", options)
+            record.update(ema_val_map=ema_val["map"], ema_test_map=ema_test["map"], ema_val=ema_val, ema_test=ema_test,
+                          selected="ema" if ema_val["map"] > val["map"] else "regular",
+                          time_s=time.perf_counter() - started)
+            if record["selected"] == "ema":
+                chosen, val_map, test_map = ema_model, ema_val["map"], ema_test["map"]
+        improved = state.update(epoch, val_map, test_map, chosen)
+        if improved and ema_model is not None:
+            state.best_source = record["selected"]
         run.log_epoch(record, state.summary())
         log.info(epoch_line(record, epochs, improved))
         if on_epoch_end is not None:

@@ -2,8 +2,9 @@
 
 `train_and_record` is shared by end-to-end training and the linear modes: it
 builds Adam over the model (its final layer at --classifier-lr-mult x lr) and the
-loss's own parameter groups (ROLE's label estimator at lr x10), resumes from
-`last.pt` when asked, runs `engine.fit`, writes `last.pt` after every epoch and
+loss's own parameter groups (ROLE's label estimator at lr x10) with the recipe's
+options (training/recipe.py: weight decay, per-step schedule, weight EMA), resumes
+from `last.pt` when asked, runs `engine.fit`, writes `last.pt` after every epoch and
 `best.pt` on a val gain, and marks the results diverged (non-finite loss) or
 interrupted (Ctrl-C) when the run ends early.
 
@@ -35,6 +36,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.engine import NonFiniteLoss, TrainState, fit
+from training.recipe import ModelEma, build_optimizer, build_scheduler, freeze_batchnorm
 from training.speed import StepOptions, prepare_model
 
 log = logging.getLogger(__name__)
@@ -91,8 +93,19 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     device = torch.device(cfg.device)
     options = StepOptions.from_config(cfg)
     prepare_model(model, options, cfg.compile)
-    optimizer = torch.optim.Adam([*model_param_groups(model, cfg.lr, cfg.classifier_lr_mult),
-                                  *loss_fn.param_groups(cfg.lr)], lr=cfg.lr)
+    if cfg.freeze_bn:
+        log.info(f"--freeze-bn: {freeze_batchnorm(model)} BatchNorm layers run in eval mode")
+    optimizer = build_optimizer([*model_param_groups(model, cfg.lr, cfg.classifier_lr_mult),
+                                 *loss_fn.param_groups(cfg.lr)], cfg.lr, cfg.weight_decay)
+    scheduler = build_scheduler(cfg.sched, optimizer, len(loaders["train"]), cfg.sched_epochs)
+    ema = ModelEma(model, cfg.ema) if cfg.ema else None  # from the weights training starts with
+
+    def after_step() -> None:  # the authors' order: optimiser step, then schedule, then EMA
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(model)
+
     ckpt = _checkpoint_of(cfg, out)
     state = _train_state(out, ckpt)
     run_log = RunLog(out, cfg.to_dict(), ckpt["epochs"] if ckpt else None)
@@ -102,15 +115,22 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         loss_fn.load_state_dict(ckpt["loss_state"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         restore_rng_state(ckpt["rng"], train_gen)  # last: model building above drew from the RNGs
 
     def save_checkpoints(state: TrainState, improved: bool) -> None:
         meta = {"train_state": {k: v for k, v in vars(state).items() if k != "best_weights"}, "config": cfg.to_dict()}
         if improved:  # before last.pt: if killed in between, the resumed run redoes this epoch and best.pt
-            save_checkpoint(out / BEST, {"model": model.state_dict(), **meta})
+            # with --ema the best may be the EMA weights: the copy the state kept
+            save_checkpoint(out / BEST, {"model": state.best_weights if ema is not None else model.state_dict(), **meta})
+        recipe = {**({"scheduler": scheduler.state_dict()} if scheduler is not None else {}),
+                  **({"ema": ema.state_dict()} if ema is not None else {})}
         save_checkpoint(out / LAST, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "loss_state": loss_fn.state_dict(), "epochs": run_log.epochs,
-                                     "rng": rng_state(train_gen), **meta})
+                                     "rng": rng_state(train_gen), **recipe, **meta})
 
     try:
         log.info(f"{cfg.dataset} ({len(loaders['train'].dataset)} train / {len(loaders['val'].dataset)} val / "
@@ -120,7 +140,9 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
             log.info(f"resuming {out} after epoch {state.epoch}")
         try:
             state = fit(model, loss_fn, optimizer, loaders, device, epochs, cfg.patience, cfg.threshold, run_log,
-                        state=state, on_epoch_end=save_checkpoints, options=options)
+                        state=state, on_epoch_end=save_checkpoints, options=options,
+                        after_step=after_step if scheduler is not None or ema is not None else None,
+                        ema_model=ema.module if ema is not None else None)
         except RuntimeError as err:
             if "does not have a deterministic implementation" not in str(err):
                 raise

@@ -1,0 +1,123 @@
+"""The training recipe (PU-MLC's, Yuan et al. 2024, with every loss): OneCycle's shape, the weight EMA,
+the flags' rules, and a run with both that survives an interruption and --resume identically."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cli import parse_args
+from errors import UserError
+from main import main
+from training import engine
+from training.checkpoint import BEST, LAST, load_checkpoint
+from training.recipe import ModelEma, build_optimizer, build_scheduler
+
+
+def test_onecycle_follows_the_authors_schedule():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer([{"params": [param]}], 1e-3, 1e-4)
+    assert opt.param_groups[0]["weight_decay"] == 1e-4
+    sched = build_scheduler("onecycle", opt, steps_per_epoch=10, sched_epochs=10)  # 100 steps, peak at step 20
+    lrs, beta1s = [], []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        beta1s.append(opt.param_groups[0]["betas"][0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-3 / 25) and beta1s[0] == pytest.approx(0.95)
+    assert max(lrs) == pytest.approx(1e-3) and lrs.index(max(lrs)) in (19, 20)
+    assert beta1s[lrs.index(max(lrs))] == pytest.approx(0.85, abs=1e-3)
+    assert lrs[-1] == pytest.approx(1e-3 / 25 / 1e4, rel=0.2) and beta1s[-1] == pytest.approx(0.95, abs=1e-3)
+    assert build_scheduler("none", opt, 10, 0) is None
+    plain = build_optimizer([{"params": [param]}], 1e-3, 0.0)
+    assert plain.param_groups[0]["weight_decay"] == 0
+
+
+def test_ema_averages_floats_and_copies_counters():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = ModelEma(model, decay=0.75)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(4.0)
+    model[1].num_batches_tracked += 3
+    ema.update(model)
+    assert torch.allclose(ema.module[0].weight, start + 0.25 * 4.0)
+    assert int(ema.module[1].num_batches_tracked) == 3
+    assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--sched-epochs", "5"], "add --sched onecycle"),
+    (["--sched", "onecycle", "--epochs", "4", "--sched-epochs", "3"], "--sched-epochs >= 4"),
+    (["--ema", "1"], "--ema"),
+    (["--ema", "0.9", "--train-mode", "linear_init"], "end-to-end training only"),
+    (["--weight-decay", "-1"], "--weight-decay"),
+])
+def test_recipe_flags_refused(tmp_path, extra, match):
+    with pytest.raises(UserError, match=match):
+        parse_args(["-g", "cpu", "--out", str(tmp_path / "run"), *extra])
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_off_by_default(tmp_path):
+    cfg = parse_args(["-g", "cpu", "--out", str(tmp_path / "run")])
+    assert (cfg.optimizer, cfg.weight_decay, cfg.sched, cfg.sched_epochs, cfg.ema) == ("adam", 0.0, "none", 0, 0.0)
+    cfg = parse_args(["-g", "cpu", "--out", str(tmp_path / "run"), "--sched", "onecycle", "--epochs", "3"])
+    assert cfg.sched_epochs == 3
+
+
+def _records(run_dir):
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in json.loads((run_dir / "results.json").read_text())["epochs"]]
+
+
+def test_onecycle_and_ema_resume_like_an_uninterrupted_run(small_digits, tmp_path, monkeypatch):
+    flags = ["-g", "cpu", "-l", "PU", "--patience", "0", "--epochs", "3", "--data-dir", str(small_digits),
+             "--sched", "onecycle", "--sched-epochs", "5", "--ema", "0.9", "--weight-decay", "1e-4"]
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert main([*flags, "--out", str(straight)]) == 0
+
+    real = engine.train_one_epoch
+
+    def ctrl_c_at_epoch_2(*args, **kwargs):
+        if args[5] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "train_one_epoch", ctrl_c_at_epoch_2)
+        assert main([*flags, "--out", str(cut)]) == 130
+    last = load_checkpoint(cut / LAST)
+    assert last["train_state"]["epoch"] == 1 and {"scheduler", "ema"} <= set(last)
+    assert main(["--resume", str(cut), "-g", "cpu"]) == 0
+    assert _records(cut) == _records(straight)
+
+    results = json.loads((straight / "results.json").read_text())
+    epoch = results["epochs"][0]
+    assert {"ema_val_map", "ema_test_map", "ema_val", "ema_test", "selected"} <= set(epoch)
+    assert results["best_weights"] in ("regular", "ema")
+    best = results["epochs"][results["best_epoch"] - 1]
+    chosen = "ema_" if best["selected"] == "ema" else ""
+    assert results["best_val_map"] == best[f"{chosen}val_map"] == max(best["val_map"], best["ema_val_map"])
+    last = load_checkpoint(straight / LAST)
+    steps = last["scheduler"]["last_epoch"]
+    assert steps == 3 * last["scheduler"]["total_steps"] // 5  # cut off at --epochs of a --sched-epochs schedule
+    assert load_checkpoint(straight / BEST)["train_state"]["best_source"] == results["best_weights"]
+
+
+def test_freeze_bn_keeps_running_statistics_and_trains_the_affine_weights(small_digits, tmp_path):
+    from training.recipe import freeze_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    assert freeze_batchnorm(model) == 1
+    model.train()
+    model(torch.randn(2, 3, 5, 5) + 3).sum().backward()
+    assert torch.equal(model[1].running_mean, torch.zeros(4)) and int(model[1].num_batches_tracked) == 0
+    assert model[1].weight.grad is not None and model[0].training
+    assert not parse_args(["-g", "cpu", "--out", str(tmp_path / "a")]).freeze_bn
+    out = tmp_path / "run"
+    assert main(["-g", "cpu", "-l", "PU", "--epochs", "1", "--freeze-bn", "--data-dir", str(small_digits),
+                 "--out", str(out)]) == 0
+    state = load_checkpoint(out / LAST)["model"]
+    assert all(int(v) == 0 for k, v in state.items() if k.endswith("num_batches_tracked"))

@@ -1,0 +1,75 @@
+"""PU-MLC's SSGRL head (Yuan et al. 2024): the co-occurrence graph (diagonal 1, no NaN for unseen
+classes), shapes and gradients, --head ssgrl, and ResNet-101 + LGConv + the head at 448."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cli import parse_args
+from errors import UserError
+from lgconv import convert_to_lgconv
+from models import create_backbone
+from ssgrl import SSGRLHead, SSGRLModel, cooccurrence_graph
+
+
+def test_graph_hand_values_and_unseen_classes():
+    targets = np.array([[1, 1, 0, -1], [1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32)
+    expected = np.array([[1, .5, 0, 0], [.5, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float32)
+    graph = cooccurrence_graph(targets)  # class 2 never observed, class 3 only as -1: identity rows, not NaN
+    np.testing.assert_allclose(graph, expected)
+    assert np.isfinite(graph).all() and (np.diag(graph) == 1).all() and (graph.sum(1) >= 1).all()
+    single_positive = np.eye(4)[[0, 1, 1, 3]]
+    np.testing.assert_array_equal(cooccurrence_graph(single_positive), np.eye(4))
+
+
+def test_head_shapes_and_gradients():
+    torch.manual_seed(0)
+    vectors = np.random.RandomState(0).randn(3, 5).astype(np.float32)
+    head = SSGRLHead(16, vectors, cooccurrence_graph(np.array([[1, 1, 0], [1, 0, 0]])), dim=8)
+    maps = torch.randn(2, 16, 4, 4, requires_grad=True)
+    logits = head(maps)
+    assert logits.shape == (2, 3)
+    logits.sum().backward()
+    assert torch.isfinite(maps.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters())
+    assert not any(name in dict(head.named_parameters()) for name in ("word_vectors", "graph"))  # frozen buffers
+
+
+def test_resnet101_lgconv_ssgrl_at_448():
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet101", pretrained=False)
+    convert_to_lgconv(backbone.features)
+    targets = np.eye(20)[np.arange(40) % 20]
+    model = SSGRLModel(backbone, np.random.RandomState(0).randn(20, 300).astype(np.float32), targets).train()
+    count = sum(p.numel() for p in model.parameters())
+    print(f"ResNet-101 + LGConv + SSGRL head, 20 classes: {count:,} parameters")
+    assert 50e6 < count < 70e6
+    logits = model(torch.randn(2, 3, 448, 448))
+    assert logits.shape == (2, 20)
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_head_flags(tmp_path, small_digits):
+    from modes.end_to_end import _splits_and_model
+
+    vectors = tmp_path / "vectors.npy"
+    np.save(vectors, np.random.RandomState(0).randn(10, 300).astype(np.float32))
+    base = ["-g", "cpu", "--no-pretrained", "--data-dir", str(small_digits)]
+    cfg = parse_args([*base, "-m", "resnet18", "--head", "ssgrl", "--word-vectors", str(vectors), "--out", str(tmp_path / "a")])
+    _, model = _splits_and_model(cfg)
+    assert isinstance(model, SSGRLModel) and model.head.graph.shape == (10, 10)
+    assert torch.isfinite(model.head.graph).all()
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    for extra, match in ((["-m", "resnet18", "--head", "ssgrl"], "--word-vectors"),
+                         (["--head", "ssgrl", "--word-vectors", str(vectors)], "ResNet"),
+                         (["-m", "resnet18", "--word-vectors", str(vectors)], "--head ssgrl"),
+                         (["-m", "resnet18", "--head", "ssgrl", "--word-vectors", str(tmp_path / "no.npy")], "no.npy")):
+        with pytest.raises(UserError, match=match):
+            parse_args([*base, *extra, "--out", str(tmp_path / "b")])
+    np.save(vectors, np.zeros((7, 300), dtype=np.float32))
+    cfg = parse_args([*base, "-m", "resnet18", "--head", "ssgrl", "--word-vectors", str(vectors), "--out", str(tmp_path / "c")])
+    with pytest.raises(UserError, match=r"\(10, D\)"):
+        _splits_and_model(cfg)
