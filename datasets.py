@@ -176,7 +176,27 @@ def unreadable_image(path: str, err: Exception) -> UserError:
                      f"unreadable training images)")
 
 
-class ImageDataset(Dataset):
+class ImageFiles(Dataset):
+    """The image files of a split and their label rows; what an unreadable file does (stop, or skip)."""
+
+    def __init__(self, split: Split, skip_unreadable: bool = False, flip_views: bool = False):
+        self.images = split.images
+        self.labels = torch.from_numpy(split.labels)
+        self.skip_unreadable = skip_unreadable
+        self.flip_views = flip_views
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def unreadable(self, path: str, err: Exception) -> None:
+        """None (the sample is skipped) with `skip_unreadable`, else the one-line error with the path."""
+        if not self.skip_unreadable:
+            raise unreadable_image(path, err) from err
+        log.warning(f"skipping unreadable image {path}: {err}")
+        return None
+
+
+class ImageDataset(ImageFiles):
     """Yields (image tensor, label row, index); the index lets stateful losses address rows.
 
     An unreadable or truncated image stops the run with its path; with
@@ -190,14 +210,8 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, split: Split, transform, skip_unreadable: bool = False, flip_views: bool = False):
-        self.images = split.images
-        self.labels = torch.from_numpy(split.labels)
+        super().__init__(split, skip_unreadable, flip_views)
         self.transform = transform
-        self.skip_unreadable = skip_unreadable
-        self.flip_views = flip_views
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, index: int):
         path = self.images[index]
@@ -205,10 +219,7 @@ class ImageDataset(Dataset):
             with Image.open(path) as img:
                 image = img.convert("RGB")  # decodes the whole file: a truncated image fails here
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            if self.skip_unreadable:
-                log.warning(f"skipping unreadable image {path}: {err}")
-                return None
-            raise unreadable_image(path, err) from err
+            return self.unreadable(path, err)
         # torch's RNG, as T.RandomHorizontalFlip: seeded per DataLoader worker.
         flipped = self.flip_views and torch.rand(()).item() < 0.5
         if flipped:

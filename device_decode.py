@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from datasets import Split, unreadable_image
+from datasets import ImageFiles, Split, unreadable_image
 from errors import UserError
 from preprocess import Preprocess
 
@@ -47,30 +47,21 @@ DECODERS = ("pil", "gpu")
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-class FileBytesDataset(Dataset):
+class FileBytesDataset(ImageFiles):
     """Yields (file bytes as a 1-D uint8 tensor, label row, index, flipped); None for an unreadable
     file with `skip_unreadable`. `flip`: draw a random horizontal flip per sample (train);
     `flip_views`: report a flipped sample as index + N (see datasets.ImageDataset)."""
 
     def __init__(self, split: Split, skip_unreadable: bool = False, flip: bool = False, flip_views: bool = False):
-        self.images = split.images
-        self.labels = torch.from_numpy(split.labels)
-        self.skip_unreadable = skip_unreadable
+        super().__init__(split, skip_unreadable, flip_views)
         self.flip = flip
-        self.flip_views = flip_views
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, index: int):
         path = self.images[index]
         try:
             data = Path(path).read_bytes()
         except OSError as err:
-            if self.skip_unreadable:
-                log.warning(f"skipping unreadable image {path}: {err}")
-                return None
-            raise unreadable_image(path, err) from err
+            return self.unreadable(path, err)
         flipped = self.flip and bool(torch.rand(1) < 0.5)  # the draw of T.RandomHorizontalFlip
         view = index + len(self.images) * int(flipped and self.flip_views)
         # an empty file has no buffer to wrap; the decoder then reports it unreadable
