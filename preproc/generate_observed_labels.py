@@ -83,6 +83,8 @@ def generate_observed_labels(data_dir: Path, num_pos: int = 1, num_neg: int = 0,
         raise UserError(f"--num-pos must be >= 1 (or -1 for all positives), got {num_pos}")
     if num_neg != -1 and num_neg < 0:
         raise UserError(f"--num-neg must be >= 0 (or -1 for all negatives), got {num_neg}")
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32), got {seed} (NumPy's seed range)")
     fix = f"format the dataset first (see {data_dir}/README.md)"
     matrices = {}
     for split in SPLITS:  # validate both before writing either

@@ -148,3 +148,11 @@ def test_known_ratio_command_line(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "formatted_train_labels_obs.npy"),
                                   observe_known_ratio(np.eye(4), 0.5, np.random.RandomState(0)))
     assert generate_main(["--dataset", "digits", "--data-dir", str(tmp_path), "--known-ratio", "2"]) == 2
+
+
+def test_a_seed_outside_numpys_range_is_one_line(tmp_path, capsys):
+    from preproc.generate_observed_labels import main as generate
+
+    assert generate(["--dataset", "pascal", "--data-dir", str(tmp_path), "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed must be in [0, 2**32), got -1" in err and "Traceback" not in err
