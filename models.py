@@ -161,17 +161,18 @@ def _resnet18(pretrained: bool) -> Backbone:
 
 
 class SpatialMax(nn.Module):
-    """Global max pooling, (B, C, H, W) -> (B, C), as a plain `amax` over H and W.
+    """Global max pooling, (B, C, H, W) -> (B, C), as `max` over the flattened H x W.
 
     Not `nn.AdaptiveMaxPool2d(1)`: its CUDA backward has no deterministic
-    implementation, so `--deterministic` runs on a GPU would stop. The forward
-    values are the same (a max is exact); on ties the gradient is shared among
-    the tied positions instead of going to one of them, which only matters for
-    tied positive activations (tied zeros after a ReLU get no gradient either way).
+    implementation, so `--deterministic` runs on a GPU would stop. Not `amax`
+    either: on ties (flat regions of the digit mosaics give many) it shares the
+    gradient among the tied positions and changes training. `max(dim)` returns
+    the first maximal position, as the pooling did, and sends the whole gradient
+    there: the same values and gradients, so results on the CPU are unchanged.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.amax(dim=(2, 3))
+        return x.flatten(2).max(dim=2).values
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:

@@ -164,11 +164,19 @@ def test_bf16_refused_on_a_gpu_without_it(monkeypatch):
 
 
 def test_digits_cnn_pools_deterministically():
-    """amax over H, W: the values of AdaptiveMaxPool2d(1), with an op that has a deterministic CUDA backward."""
+    """max over the flattened H x W: the values AND gradients of AdaptiveMaxPool2d(1), ties included (a flat
+    region of a mosaic gives many), with an op whose CUDA backward is deterministic."""
     net = create_backbone("digits_cnn", pretrained=False).features
     assert not any(isinstance(m, torch.nn.AdaptiveMaxPool2d) for m in net.modules())
-    x = torch.randn(4, 64, 6, 6)
-    assert torch.equal(net[-1](x), torch.nn.AdaptiveMaxPool2d(1)(x).flatten(1))
+    x = torch.randn(4, 64, 6, 6).clamp(min=0.5)  # every channel has tied maxima at 0.5 or above
+    x[:, :, 2:4, 2:4] = x.amax(dim=(2, 3), keepdim=True)  # and ties at the maximum itself
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = net[-1](ours), torch.nn.AdaptiveMaxPool2d(1)(theirs).flatten(1)
+    assert torch.equal(out, ref)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.equal(ours.grad, theirs.grad)
 
 
 def test_a_nan_inside_a_window_names_its_step():
