@@ -115,7 +115,9 @@ def test_sweep_stops_whole_on_ctrl_c_and_shows_each_seeds_error(digits_master, t
     args = [str(script), str(out), "1 2", "-g", "cpu", "-l", "EM", "--epochs", "20", "--patience", "0",
             "--data-dir", str(data)]
     # Ctrl-C in a terminal reaches the whole foreground process group: bash, main.py and tee
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIG_DFL: a test runner started in the background (`cmd &` in a script) passes SIGINT on as ignored
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not (out / "seed1" / "train.log").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
