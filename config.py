@@ -77,7 +77,7 @@ class Config:
     # Linear modes: feature files given by flag (default: <data_dir>/{train,val}_features_<model>.npy).
     train_features: Path | None = None
     test_features: Path | None = None
-    # Speed (cli.py's last group, --fast): each changes the numbers slightly, so off by default.
+    # Speed (flags.py's speed group, --fast): each changes the numbers slightly, so off by default.
     decode: str = "pil"  # "pil": PIL in the loader workers (the references'); "gpu": torchvision.io on the run's device
     amp: str = "off"  # "bf16": autocast of the forward (the loss stays fp32)
     channels_last: bool = False  # NHWC memory format for convolutional backbones
