@@ -133,7 +133,8 @@ def load_torch(path: Path, what: str, expected: str) -> object:
 
     path = Path(path)
     _require_file(path, f"{what} {path} does not exist; expected {expected}")
-    if _head(path, 4) != ZIP_MAGIC and _head(path, 1) != PICKLE_PROTO:
+    head = _head(path, len(ZIP_MAGIC))
+    if head != ZIP_MAGIC and not head.startswith(PICKLE_PROTO):
         raise UserError(f"{what} {path} is not a PyTorch file; expected {expected}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
