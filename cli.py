@@ -30,6 +30,22 @@ _RESUME_FLAGS = {"resume", "gpu", "num_workers"}
 _EVAL_FLAGS = {"eval_only", "gpu", "num_workers", "data_dir", "image_root"}
 
 
+def _check_image_options(cfg: Config) -> None:
+    """The recipe's image and scope options need images (and a ResNet for the scope), or they would do nothing."""
+    if cfg.train_mode == "linear_fixed_features":
+        given = [flag for flag, value in (("--crop-size", cfg.crop_size), ("--scale-size", cfg.scale_size))
+                 if value is not None] + (["--train-scope"] if cfg.train_scope != "all" else [])
+        if given:
+            raise UserError(f"{' and '.join(given)} act on images or on the backbone, which "
+                            f"--train-mode linear_fixed_features never trains; drop them")
+    if cfg.scale_size is not None and cfg.decode == "gpu":
+        raise UserError("--scale-size's multi-scale crop runs in the PIL loader workers: pass --decode pil "
+                        "(also with --fast)")
+    if cfg.train_scope != "all" and not cfg.model.startswith("resnet"):
+        raise UserError(f"--train-scope {cfg.train_scope} trains a ResNet's layer4 and head; -m {cfg.model} has no "
+                        f"layer4: use -m resnet18/resnet50/resnet101, or --train-scope all")
+
+
 def _speed_settings(args: argparse.Namespace, device: str) -> dict:
     """--fast and the speed flags -> the Config fields; a flag given explicitly wins over --fast."""
     cuda = device.startswith("cuda")
@@ -233,7 +249,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         head=args.head,
         word_vectors=args.word_vectors,
         freeze_bn=args.freeze_bn,
+        train_scope=args.train_scope,
+        crop_size=args.crop_size,
+        scale_size=args.scale_size,
     )
+    _check_image_options(cfg)
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "
                  f"alpha {cfg.hyper.alpha:g}, beta {cfg.hyper.beta:g}, warm-up {cfg.hyper.warmup_epochs}, "

@@ -97,6 +97,9 @@ class Config:
     head: str = "linear"  # "ssgrl": PU-MLC's semantic decoupling + gated GNN head (ssgrl.py)
     word_vectors: Path | None = None  # (C, D) class word vectors of the ssgrl head
     freeze_bn: bool = False  # every BatchNorm in eval mode while training (the authors' recipe)
+    train_scope: str = "all"  # "layer4-head": the stem and layer1-3 frozen, except LGConv's global branches
+    crop_size: int | None = None  # the image side the model sees; None: the backbone's own
+    scale_size: int | None = None  # PU-MLC's multi-scale crop from this square resize; None: plain resize
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.

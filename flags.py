@@ -16,7 +16,7 @@ from errors import UserError
 from losses import LOSSES
 from models import BACKBONES
 from presets import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT, LINEAR_EPOCHS, PRESETS, SEARCH_BSIZES, SEARCH_LRS, TRAIN_MODES
-from training.recipe import OPTIMIZERS, SCHEDULES
+from training.recipe import OPTIMIZERS, SCHEDULES, TRAIN_SCOPES
 from training.speed import AMP_DTYPES
 
 
@@ -184,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--freeze-bn", action="store_true",
                     help="run every BatchNorm in eval mode while training too: running statistics never change, "
                          "the affine weights still learn (the authors' recipe) (default: off)")
+    rc.add_argument("--train-scope", choices=TRAIN_SCOPES, default="all",
+                    help="what trains: all, or layer4-head: layer4, the head and (with --lgconv) every global "
+                         "branch, with the stem and layer1-3 frozen, as the PU-MLC authors (ResNets) (default: all)")
+    rc.add_argument("--crop-size", type=_positive_int, metavar="PX",
+                    help="image side the model sees, at train and test time (default: the backbone's, 448 for "
+                         "the ResNets)")
+    rc.add_argument("--scale-size", type=_number(int, 2, None), metavar="PX",
+                    help="PU-MLC's augmentation: resize to PX x PX, crop a random square of side PX, PX-64, ... "
+                         "down to PX/2, resize it to --crop-size, flip; every resize bicubic, at test time too "
+                         "(the authors: 512) (default: off, a plain resize)")
     bb = p.add_argument_group("PU-MLC backbone (Yuan et al. 2024)")
     bb.add_argument("--lgconv", action="store_true",
                     help="wrap every 3x3 conv of a ResNet backbone with a parallel global branch that starts near "

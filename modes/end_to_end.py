@@ -1,6 +1,7 @@
 """End-to-end training (backbone + classifier on images), and --eval-only of its checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,9 @@ def _splits_and_model(cfg: Config) -> tuple[DatasetSplits, MultiLabelModel]:
     backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights, ClipSpec(cfg.clip_model, cfg.clip_weights))
     if cfg.lgconv:  # after the pretrained weights, as the authors: the global branches start near zero
         log.info(f"--lgconv: {convert_to_lgconv(backbone.features)} convs of {cfg.model} get a global branch")
+    if cfg.crop_size is not None or cfg.scale_size is not None:
+        backbone.preprocess = dataclasses.replace(backbone.preprocess, size=cfg.crop_size or backbone.preprocess.size,
+                                                  scale=cfg.scale_size)
     if cfg.head == "ssgrl":  # the graph comes from the observed train labels, as the authors'
         vectors = load_word_vectors(cfg.word_vectors, splits.num_classes)
         return splits, SSGRLModel(backbone, vectors, splits.train.labels).to(torch.device(cfg.device))

@@ -6,13 +6,19 @@ import json
 
 import pytest
 import torch
+from PIL import Image
+from torchvision import transforms as T
 
 from cli import parse_args
 from errors import UserError
+from lgconv import convert_to_lgconv
 from main import main
+from models import MultiLabelModel, create_backbone
+from preprocess import Preprocess, RandomSquareCrop, crop_sides
 from training import engine
 from training.checkpoint import BEST, LAST, load_checkpoint
-from training.recipe import ModelEma, build_optimizer, build_scheduler
+from training.recipe import ModelEma, build_optimizer, build_scheduler, freeze_batchnorm, restrict_training
+from training.trainer import model_param_groups
 
 
 def test_onecycle_follows_the_authors_schedule():
@@ -107,8 +113,6 @@ def test_onecycle_and_ema_resume_like_an_uninterrupted_run(small_digits, tmp_pat
 
 
 def test_freeze_bn_keeps_running_statistics_and_trains_the_affine_weights(small_digits, tmp_path):
-    from training.recipe import freeze_batchnorm
-
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
     assert freeze_batchnorm(model) == 1
     model.train()
@@ -121,3 +125,77 @@ def test_freeze_bn_keeps_running_statistics_and_trains_the_affine_weights(small_
                  "--out", str(out)]) == 0
     state = load_checkpoint(out / LAST)["model"]
     assert all(int(v) == 0 for k, v in state.items() if k.endswith("num_batches_tracked"))
+
+
+def test_multi_scale_crop_is_the_authors_pipeline():
+    assert crop_sides(512) == (512, 448, 384, 320, 256) and crop_sides(640) == (640, 576, 512, 448, 384, 320)
+    pre = Preprocess(448, (0.5,) * 3, (0.5,) * 3, scale=512)
+    train = pre.transform(train=True, hflip=True).transforms
+    resize, crop, resize_back, flip = train[:4]
+    assert (tuple(resize.size), tuple(crop.crops[-1].size), tuple(resize_back.size)) == ((512, 512), (256, 256), (448, 448))
+    assert resize.interpolation == resize_back.interpolation == T.InterpolationMode.BICUBIC
+    assert isinstance(flip, T.RandomHorizontalFlip)
+    test = pre.transform(train=False, hflip=True).transforms
+    assert tuple(test[0].size) == (448, 448) and test[0].interpolation == T.InterpolationMode.BICUBIC and len(test) == 3
+    # the side is drawn from torch's RNG: uniform over the five sides, fixed by one seed
+    torch.manual_seed(0)
+    crop = RandomSquareCrop(crop_sides(512))
+    sides = [crop(Image.new("RGB", (512, 512))).size[0] for _ in range(500)]
+    assert set(sides) == set(crop_sides(512)) and min(sides.count(s) for s in set(sides)) > 60
+    torch.manual_seed(0)
+    assert [crop(Image.new("RGB", (512, 512))).size[0] for _ in range(500)] == sides
+    plain = Preprocess(448, (0.5,) * 3, (0.5,) * 3).transform(train=True, hflip=False).transforms
+    assert plain[0].interpolation == T.InterpolationMode.BILINEAR and len(plain) == 3  # the default is unchanged
+
+
+def test_the_authors_images_and_scope_in_a_run(small_digits, tmp_path):
+    out = tmp_path / "run"
+    assert main(["-g", "cpu", "--epochs", "1", "--data-dir", str(small_digits), "-m", "resnet18", "--no-pretrained",
+                 "--lgconv", "--train-scope", "layer4-head", "--crop-size", "32", "--scale-size", "48",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["image_size"] == 32
+    config = json.loads((out / "config.json").read_text())
+    assert (config["scale_size"], config["crop_size"], config["train_scope"]) == (48, 32, "layer4-head")
+    # the optimiser holds exactly the tensors the scope leaves trainable (the head has 10 outputs here)
+    optimized = sum(len(group["params"]) for group in load_checkpoint(out / LAST)["optimizer"]["param_groups"])
+    model = _lgconv_resnet18(10)
+    restrict_training(model, "layer4-head")
+    assert optimized == sum(p.requires_grad for p in model.parameters()) < len(list(model.parameters()))
+
+
+def _lgconv_resnet18(num_classes: int) -> MultiLabelModel:
+    backbone = create_backbone("resnet18", pretrained=False)
+    convert_to_lgconv(backbone.features)
+    return MultiLabelModel(backbone, num_classes)
+
+
+def test_train_scope_freezes_the_stem_and_layer1_to_3_but_not_the_global_branches():
+    model = _lgconv_resnet18(5)
+    trainable, total = restrict_training(model, "layer4-head")
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == sum(p.numel() for n, p in model.named_parameters() if n in names) < total
+    assert "backbone.layer4.0.conv1.conv.weight" in names and "classifier.weight" in names
+    assert "backbone.layer1.0.conv2.global_branch.norm.weight" in names
+    assert not {"backbone.conv1.weight", "backbone.layer3.0.downsample.0.weight", "backbone.layer1.0.conv2.conv.weight",
+                "backbone.bn1.weight"} & names
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert model.backbone.layer1[0].conv2.global_branch.reduce.weight.grad is not None  # gradients flow through layer1
+    assert model.backbone.layer1[0].conv1.conv.weight.grad is None
+    groups = model_param_groups(model, 1e-3, 10.0)
+    assert sum(p.numel() for g in groups for p in g["params"]) == trainable
+    assert restrict_training(torch.nn.Linear(2, 2), "all") == (6, 6)
+    with pytest.raises(UserError, match="no ResNet backbone"):
+        restrict_training(MultiLabelModel(create_backbone("digits_cnn", pretrained=False), 5), "layer4-head")
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--train-scope", "layer4-head"], "-m digits_cnn has no layer4"),
+    (["--scale-size", "512", "--decode", "gpu"], "--decode pil"),
+    (["--crop-size", "224", "--train-mode", "linear_fixed_features"], "--crop-size act on images"),
+    (["--scale-size", "1"], "--scale-size"),
+    (["--crop-size", "0"], "--crop-size"),
+])
+def test_image_and_scope_flags_refused(tmp_path, extra, match):
+    with pytest.raises(UserError, match=match):
+        parse_args(["-g", "cpu", "--out", str(tmp_path / "run"), *extra])
+    assert not (tmp_path / "run").exists()

@@ -15,6 +15,9 @@ as before. PU-MLC's recipe (Yuan, Zhang, Huang, ICME 2024), usable with every lo
                             first, no warm-up; the EMA copy is of the unwrapped model, stays in
                             eval mode, and copies (not averages) integer buffers (BatchNorm's step
                             count), unlike the authors' code
+    --train-scope layer4-head   only layer4, the head and every LGConv global branch train; the stem
+                            and layer1-3 are frozen (gradients still flow through them to the
+                            global branches), as the authors' optimiser groups
 
 Both the scheduler's and the EMA's state go into last.pt, so --resume continues them.
 """
@@ -25,8 +28,12 @@ import copy
 import torch
 from torch import nn
 
+from errors import UserError
+from lgconv import GlobalBranch
+
 SCHEDULES = ("none", "onecycle")
 OPTIMIZERS = ("adam",)
+TRAIN_SCOPES = ("all", "layer4-head")
 # The authors' OneCycle settings (their train.py)
 PCT_START, DIV_FACTOR, FINAL_DIV_FACTOR = 0.2, 25.0, 1e4
 BASE_BETA1, MAX_BETA1 = 0.85, 0.95
@@ -49,6 +56,22 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, steps_per_epoch
         total_steps=max(steps_per_epoch, 1) * sched_epochs, pct_start=PCT_START, anneal_strategy="cos",
         cycle_momentum=True, base_momentum=BASE_BETA1, max_momentum=MAX_BETA1,
         div_factor=DIV_FACTOR, final_div_factor=FINAL_DIV_FACTOR)
+
+
+def restrict_training(model: nn.Module, scope: str) -> tuple[int, int]:
+    """Freeze what `scope` leaves out of training; returns (trainable, all) parameter counts."""
+    if scope == "layer4-head":
+        backbone = getattr(model, "backbone", None)
+        layer4 = next((m for name, m in backbone.named_modules() if name.rsplit(".", 1)[-1] == "layer4"), None) \
+            if isinstance(backbone, nn.Module) else None
+        if layer4 is None:
+            raise UserError(f"--train-scope {scope} trains a ResNet's layer4; {type(model).__name__} has no ResNet "
+                            f"backbone: use -m resnet18/resnet50/resnet101, or --train-scope all")
+        backbone.requires_grad_(False)
+        for module in (layer4, *(m for m in backbone.modules() if isinstance(m, GlobalBranch))):
+            module.requires_grad_(True)
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()))
 
 
 def _eval_mode(module: nn.Module, inputs) -> None:

@@ -36,7 +36,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.engine import NonFiniteLoss, TrainState, fit
-from training.recipe import ModelEma, build_optimizer, build_scheduler, freeze_batchnorm
+from training.recipe import ModelEma, build_optimizer, build_scheduler, freeze_batchnorm, restrict_training
 from training.speed import StepOptions, prepare_model
 
 log = logging.getLogger(__name__)
@@ -75,16 +75,17 @@ def _checkpoint_of(cfg: Config, out: Path) -> dict | None:
 def model_param_groups(model: nn.Module, lr: float, classifier_lr_mult: float) -> list[dict]:
     """The model's optimiser groups: one, or the final layer apart at `classifier_lr_mult` x lr (Kim et
     al. 2022's lr_mult). The final layer is `model.classifier`, or the whole model in the linear modes."""
+    trainable = lambda module: [p for p in module.parameters() if p.requires_grad]  # noqa: E731 (--train-scope)
     if classifier_lr_mult == 1:  # one group, as before the option existed: older last.pt files still resume
-        return [{"params": model.parameters()}]
+        return [{"params": trainable(model)}]
     head = model if isinstance(model, nn.Linear) else getattr(model, "classifier", None)
     if not isinstance(head, nn.Module):
         raise UserError(f"--classifier-lr-mult {classifier_lr_mult:g}: the model {type(model).__name__} has no "
                         "`classifier` final layer; use --classifier-lr-mult 1")
     head_ids = {id(p) for p in head.parameters()}
-    body = [p for p in model.parameters() if id(p) not in head_ids]
+    body = [p for p in trainable(model) if id(p) not in head_ids]
     return [*([{"params": body}] if body else []),
-            {"params": list(head.parameters()), "lr": classifier_lr_mult * lr}]
+            {"params": trainable(head), "lr": classifier_lr_mult * lr}]
 
 
 def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss, loaders: dict[str, DataLoader],
@@ -95,6 +96,9 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     prepare_model(model, options, cfg.compile)
     if cfg.freeze_bn:
         log.info(f"--freeze-bn: {freeze_batchnorm(model)} BatchNorm layers run in eval mode")
+    if cfg.train_scope != "all":
+        trainable, total = restrict_training(model, cfg.train_scope)
+        log.info(f"--train-scope {cfg.train_scope}: {trainable:,} of {total:,} parameters train")
     optimizer = build_optimizer([*model_param_groups(model, cfg.lr, cfg.classifier_lr_mult),
                                  *loss_fn.param_groups(cfg.lr)], cfg.lr, cfg.weight_decay)
     scheduler = build_scheduler(cfg.sched, optimizer, len(loaders["train"]), cfg.sched_epochs)
