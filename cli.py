@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from flags import build_parser
 from losses import LOSSES
 from models import BACKBONES
 from preflight import existing_file, existing_folder, new_run_folder, writable_folder
-from presets import DATA_ROOT, LINEAR_EPOCHS, PRESETS, REPO_ROOT, custom_preset, preset_of
+from preproc.generate_observed_labels import label_protocol
+from presets import DATA_ROOT, LINEAR_EPOCHS, PRESETS, REPO_ROOT, RUN_PRESETS, custom_preset, preset_of
 from training.checkpoint import load_checkpoint
 from training.speed import check_amp
 
@@ -135,10 +137,34 @@ def _check_recipe(args: argparse.Namespace, epochs: int) -> None:
                         "--train-mode end_to_end without --search")
 
 
+def _with_preset(argv: list[str] | None) -> list[str]:
+    """`argv` behind the flags of its --preset, if it has one: argparse keeps the last value, so the user's win."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--preset", choices=sorted(RUN_PRESETS))
+    name = finder.parse_known_args(argv)[0].preset
+    if name is None:
+        return argv
+    log.info(f"--preset {name}: {' '.join(RUN_PRESETS[name].flags)}")
+    return [*RUN_PRESETS[name].flags, *argv]
+
+
+def _check_preset_labels(preset: str, dataset: str, data_dir: Path) -> None:
+    """A preset reproduces a label protocol: refuse a data folder that holds another one."""
+    wanted, found = RUN_PRESETS[preset].labels, label_protocol(data_dir)
+    if any(found.get(key) != value for key, value in wanted.items()):
+        flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in wanted.items() if key != "protocol")
+        raise UserError(f"--preset {preset} trains on the authors' observed labels ({flags}), but {data_dir} holds "
+                        f"{found.get('protocol')} labels: run `python -m preproc.generate_observed_labels --dataset "
+                        f"{dataset} --data-dir {data_dir} {flags}` (or point --data-dir at a folder that has them)")
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     if args.resume or args.eval_only:
         return _saved_config(args, argv)
+    if args.preset is not None:
+        args = build_parser().parse_args(_with_preset(argv))
     custom = args.dataset not in PRESETS
     if custom and args.data_dir is None:
         raise UserError(f"-d {args.dataset} is not one of the benchmarks ({', '.join(sorted(PRESETS))}); "
@@ -165,6 +191,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         existing_folder("--data-dir", data_dir, f"a formatted dataset folder (see data/{args.dataset}/README.md)"
                         if not custom else "the folder holding your dataset's formatted_*.npy files")
     existing_folder("--image-root", args.image_root, "the folder the image paths are relative to")
+    if args.preset is not None:
+        _check_preset_labels(args.preset, args.dataset, data_dir)
     for flag, path, what in (("--pretrained-weights", args.pretrained_weights, "a PyTorch state dict file"),
                              ("--clip-weights", args.clip_weights, "an open_clip checkpoint file"),
                              ("--text-features", args.text_features, "a (num_classes, D) .npy file"),
@@ -252,6 +280,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         train_scope=args.train_scope,
         crop_size=args.crop_size,
         scale_size=args.scale_size,
+        preset=args.preset,
+        report_test_oracle=args.report_test_oracle,
     )
     _check_image_options(cfg)
     if custom:

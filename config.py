@@ -100,6 +100,10 @@ class Config:
     train_scope: str = "all"  # "layer4-head": the stem and layer1-3 frozen, except LGConv's global branches
     crop_size: int | None = None  # the image side the model sees; None: the backbone's own
     scale_size: int | None = None  # PU-MLC's multi-scale crop from this square resize; None: plain resize
+    preset: str | None = None  # the --preset the flags came from (presets.RUN_PRESETS), for the record
+    # Also report the best test mAP over epochs and weights, chosen on the test set as PU-MLC's code does
+    # (never used to select anything)
+    report_test_oracle: bool = False
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.

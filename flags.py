@@ -15,7 +15,16 @@ from device_decode import DECODERS
 from errors import UserError
 from losses import LOSSES
 from models import BACKBONES
-from presets import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT, LINEAR_EPOCHS, PRESETS, SEARCH_BSIZES, SEARCH_LRS, TRAIN_MODES
+from presets import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_PROMPT,
+    LINEAR_EPOCHS,
+    PRESETS,
+    RUN_PRESETS,
+    SEARCH_BSIZES,
+    SEARCH_LRS,
+    TRAIN_MODES,
+)
 from training.recipe import OPTIMIZERS, SCHEDULES, TRAIN_SCOPES
 from training.speed import AMP_DTYPES
 
@@ -65,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", default="digits", type=_dataset_name,
                    help=f"a benchmark ({', '.join(sorted(PRESETS))}), or the name of a dataset of your own in "
                         f"--data-dir, run with neutral defaults (default: digits)")
+    p.add_argument("--preset", choices=sorted(RUN_PRESETS),
+                   help="a published command in one flag; flags given beside it override its values: "
+                        + "; ".join(f"{name}: {preset.help} ({' '.join(preset.flags)})"
+                                    for name, preset in RUN_PRESETS.items()))
     p.add_argument("-l", "--loss", default=_default_loss(), choices=list(LOSSES), help=loss_help)
     p.add_argument("-g", "--gpu", default="0", help="GPU index, or 'cpu'; runs on the CPU, saying so, when the machine has no CUDA "
                    "(default: 0)")
@@ -184,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--freeze-bn", action="store_true",
                     help="run every BatchNorm in eval mode while training too: running statistics never change, "
                          "the affine weights still learn (the authors' recipe) (default: off)")
+    rc.add_argument("--report-test-oracle", action="store_true",
+                    help="also report the best test mAP over every epoch and both weights (regular, EMA), chosen "
+                         "on the test set as PU-MLC's code reports it; labelled as such, never used to select "
+                         "(default: off)")
     rc.add_argument("--train-scope", choices=TRAIN_SCOPES, default="all",
                     help="what trains: all, or layer4-head: layer4, the head and (with --lgconv) every global "
                          "branch, with the stem and layer1-3 frozen, as the PU-MLC authors (ResNets) (default: all)")

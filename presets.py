@@ -71,3 +71,48 @@ def custom_preset(name: str) -> DatasetPreset:
 def preset_of(name: str) -> DatasetPreset:
     """The benchmark's preset, or the neutral one of a dataset of the user's own."""
     return PRESETS.get(name) or custom_preset(name)
+
+
+@dataclass(frozen=True)
+class RunPreset:
+    """A published command in one flag (`--preset NAME`): its flags go before the user's, so any flag given wins."""
+
+    flags: tuple[str, ...]
+    labels: dict  # the observed-label protocol its data folder must hold (observed_labels.json)
+    help: str
+
+
+def _pumlc(dataset: str, data_dir: Path, image_root: Path | None, vectors: Path, per_gpu_bsize: int, lr: float,
+           epochs: int, ema: float, pu_alpha: float, pu_gamma: float) -> tuple[str, ...]:
+    """PU-MLC's README command (Yuan, Zhang, Huang, ICME 2024) in spml's flags.
+
+    Kept from the authors: ResNet-101 + LGConv + the SSGRL head, the trainable scope,
+    frozen BatchNorm, Adam with L2 1e-4, OneCycle sized for 80 epochs and cut off after
+    Stop_epoch + 1 epochs, the weight EMA, the 512 -> 448 multi-scale crop, the batch per
+    GPU, no early stopping. Fixed: the model is selected on a val split carved from the
+    train images, not on the test set (their number is reported beside it, labelled);
+    the test set keeps its last partial batch; a class without an observed positive
+    does not poison the graph.
+    """
+    images = ("--image-root", str(image_root)) if image_root is not None else ()
+    return ("-d", dataset, "--data-dir", str(data_dir), *images, "-l", "PU",
+            "-m", "resnet101", "--lgconv", "--head", "ssgrl", "--word-vectors", str(vectors),
+            "--train-scope", "layer4-head", "--freeze-bn", "--weight-decay", "1e-4", "--sched", "onecycle",
+            "--sched-epochs", "80", "--epochs", str(epochs), "--patience", "0", "--ema", str(ema),
+            "--lr", str(lr), "--bsize", str(2 * per_gpu_bsize), "--pu-alpha", str(pu_alpha), "--pu-gamma", str(pu_gamma),
+            "--scale-size", "512", "--crop-size", "448", "--num-workers", "8", "--report-test-oracle")
+
+
+_PUMLC_LABELS = {"protocol": "known_ratio", "known_ratio": 0.1, "seed": 0}
+
+RUN_PRESETS: dict[str, RunPreset] = {
+    "pumlc-coco": RunPreset(
+        # the formatted every-image files in their own folder, the images those of data/coco
+        _pumlc("coco", DATA_ROOT / "coco_every", DATA_ROOT / "coco", DATA_ROOT / "coco" / "vectors.npy",
+               per_gpu_bsize=35, lr=1e-4, epochs=41, ema=0.9997, pu_alpha=1.0, pu_gamma=0.55),
+        _PUMLC_LABELS, "PU-MLC on COCO-2014 (every image), 10%% of the labels known"),
+    "pumlc-voc2007": RunPreset(
+        _pumlc("voc2007", DATA_ROOT / "voc2007", None, DATA_ROOT / "voc2007" / "voc07_vector.npy",
+               per_gpu_bsize=45, lr=4e-5, epochs=56, ema=0.991, pu_alpha=2.0, pu_gamma=0.85),
+        _PUMLC_LABELS, "PU-MLC on VOC-2007, 10%% of the labels known"),
+}
