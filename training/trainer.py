@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from config import Config, LossHyper
 from errors import UserError
-from instrumentation import RUN_FILES, RunLog, run_status
+from instrumentation import RUN_FILES, RunLog, run_status, test_oracle
 from methods.base import SPMLLoss
 from training.checkpoint import (
     BEST,
@@ -173,6 +173,10 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
         run_log.write_results(state.summary(), "completed")
         log.info(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
                  f"test mAP {state.best_test_map:.2f} -> {out / 'results.json'}")
+        if cfg.report_test_oracle:
+            oracle = test_oracle(run_log.epochs)
+            log.info(f"chosen on the test set, as PU-MLC's code reports (not a result): test mAP {oracle['map']:.2f} "
+                     f"(epoch {oracle['epoch']}, {oracle['weights']} weights)")
         return state
     finally:
         run_log.close()
