@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from class_names import NUSWIDE_CLASSES, PASCAL_CLASSES
-from dataset_provenance import dataset_variant
+from dataset_provenance import count_mismatch, dataset_variant
 from errors import UserError
 from preproc import format_coco, format_cub, format_nuswide, format_pascal
 
@@ -71,19 +71,26 @@ def test_pascal_refuses_image_id_escaping_the_root(tmp_path):
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 2, "name": "bicycle"}]
 
 
-def write_instances(root: Path, split: str, annotations: list[tuple[int, int]], categories=CATEGORIES) -> None:
+def write_instances(root: Path, split: str, annotations: list[tuple[int, int]], categories=CATEGORIES,
+                    images: list[int] = ()) -> None:
     folder = root / "annotations"
     folder.mkdir(parents=True, exist_ok=True)
-    data = {"images": [], "categories": categories,
+    data = {"images": [{"id": i, "file_name": f"COCO_{split}2014_{i:012d}.jpg"} for i in images],
+            "categories": categories,
             "annotations": [{"id": k, "image_id": i, "category_id": c} for k, (i, c) in enumerate(annotations)]}
     (folder / f"instances_{split}2014.json").write_text(json.dumps(data))
 
 
+# The `images` lists, in file order (not sorted); ids 7, 300 and 5 have no annotation.
+TRAIN_IMAGES, VAL_IMAGES = [25, 7, 100, 9, 300], [5, 42]
+
+
 def test_coco_ids_sorted_as_strings_and_categories_in_file_order(tmp_path):
     # ids 9, 100, 25: as strings "100" < "25" < "9"; category 3 (car) is the file's 2nd entry
-    write_instances(tmp_path, "train", [(9, 1), (100, 3), (25, 2), (9, 3), (100, 3)])
-    write_instances(tmp_path, "val", [(42, 2)])
+    write_instances(tmp_path, "train", [(9, 1), (100, 3), (25, 2), (9, 3), (100, 3)], images=TRAIN_IMAGES)
+    write_instances(tmp_path, "val", [(42, 2)], images=VAL_IMAGES)
     assert format_coco.main(["--load-path", str(tmp_path), "--save-path", str(tmp_path)]) == 0
+    # Cole et al.'s rules ignore the images without annotations
     images, labels = _load(tmp_path, "train")
     assert images.tolist() == ["train2014/COCO_train2014_000000000100.jpg",
                                "train2014/COCO_train2014_000000000025.jpg",
@@ -93,6 +100,37 @@ def test_coco_ids_sorted_as_strings_and_categories_in_file_order(tmp_path):
     images, labels = _load(tmp_path, "val")
     assert images.tolist() == ["val2014/COCO_val2014_000000000042.jpg"] and labels.tolist() == [[0, 0, 1]]
     assert (tmp_path / "classes.txt").read_text() == "person\ncar\nbicycle\n"
+    assert json.loads((tmp_path / "variant.json").read_text()) == {"variant": "coco2014"}
+
+
+def test_coco_every_image_keeps_the_images_list_order_and_unannotated_images(tmp_path):
+    """PU-MLC's COCO: every listed image, in `images` order (pycocotools' `imgs` keys), a repeated id once."""
+    write_instances(tmp_path, "train", [(9, 1), (100, 3), (25, 2), (9, 3), (100, 3)], images=TRAIN_IMAGES + [7])
+    write_instances(tmp_path, "val", [(42, 2)], images=VAL_IMAGES)
+    out = tmp_path / "coco_every"
+    assert format_coco.main(["--every-image", "--load-path", str(tmp_path), "--save-path", str(out)]) == 0
+    images, labels = _load(out, "train")
+    assert images.tolist() == [f"train2014/COCO_train2014_{i:012d}.jpg" for i in TRAIN_IMAGES]
+    np.testing.assert_array_equal(labels, [[0, 0, 1], [0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    assert labels.dtype == np.float64
+    images, labels = _load(out, "val")
+    assert images.tolist() == ["val2014/COCO_val2014_000000000005.jpg", "val2014/COCO_val2014_000000000042.jpg"]
+    assert labels.tolist() == [[0, 0, 0], [0, 0, 1]]
+    variant = json.loads((out / "variant.json").read_text())
+    assert variant["variant"] == "coco2014-every-image" and variant["unlabelled_images"] == {"train": 2, "val": 1}
+    assert dataset_variant("coco", tmp_path, 82783, 40504) == "coco2014-every-image"
+    assert "82,783 train / 40,504 test" in count_mismatch("coco", variant["variant"], 5, 2)
+
+
+def test_coco_every_image_refuses_annotations_of_unlisted_images(tmp_path):
+    write_instances(tmp_path, "train", [(9, 1), (11, 2)], images=[9])
+    write_instances(tmp_path, "val", [(42, 2)], images=[42])
+    with pytest.raises(UserError, match="1 annotated image ids are missing from its 'images' list .first: 11."):
+        format_coco.format_coco(tmp_path, tmp_path, every_image=True)
+    (tmp_path / "annotations" / "instances_train2014.json").write_text(json.dumps({"annotations": [],
+                                                                                   "categories": CATEGORIES}))
+    with pytest.raises(UserError, match="no 'images' list"):
+        format_coco.format_coco(tmp_path, tmp_path, every_image=True)
 
 
 def test_coco_json_without_annotations_is_refused(tmp_path):
