@@ -25,6 +25,7 @@ EXPECTED_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
     "digits": {DIGITS_VARIANT: (4000, 1000)},
     "pascal": {"voc2012": (5717, 5823)},
     "coco": {"coco2014": (82081, 40137), "coco2014-every-image": (82783, 40504)},
+    "voc2007": {"voc2007": (5011, 4952)},
     "cub": {"cub-200-2011": (5994, 5794)},
     "nuswide": {"cole-recrawl": (150000, 60260), "official": (161789, 107859)},
 }
