@@ -270,3 +270,32 @@ def test_digits_folder_records_its_variant(digits_master, tmp_path):
     assert dataset_variant("digits", digits_master, 4000, 1000) == DIGITS_VARIANT
     # folders built before variant.json existed are recognised by their counts
     assert dataset_variant("digits", tmp_path, 4000, 1000) == DIGITS_VARIANT
+
+
+def test_coco_every_image_trains_with_the_coco_folder_as_image_root(tmp_path, capsys):
+    """The formatted folder holds no image: runs and the checker take the COCO folder as --image-root."""
+    from PIL import Image
+
+    from main import main
+    from preproc import check_dataset
+    from preproc.generate_observed_labels import generate_observed_labels
+
+    write_instances(tmp_path, "train", [(9, 1), (100, 3), (25, 2), (9, 3), (100, 3)], images=TRAIN_IMAGES)
+    write_instances(tmp_path, "val", [(42, 2)], images=VAL_IMAGES)
+    for split, ids in (("train", TRAIN_IMAGES), ("val", VAL_IMAGES)):
+        (tmp_path / f"{split}2014").mkdir()
+        for i in ids:
+            pixels = np.random.RandomState(i).randint(0, 255, (24, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / f"{split}2014" / f"COCO_{split}2014_{i:012d}.jpg")
+    out = tmp_path / "coco_every"
+    format_coco.format_coco(tmp_path, out, every_image=True)
+    generate_observed_labels(out, seed=0, known_ratio=0.5)
+    assert check_dataset.main(["-d", "coco", "--data-dir", str(out), "--image-root", str(tmp_path),
+                               "--workers", "1"]) == 0
+    assert "(variant: coco2014-every-image)" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert main(["-d", "coco", "--data-dir", str(out), "--image-root", str(tmp_path), "-m", "digits_cnn", "-l", "EM",
+                 "-g", "cpu", "--num-workers", "0", "--epochs", "1", "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["dataset_variant"] == "coco2014-every-image"
+    assert results["label_protocol"] == {"protocol": "known_ratio", "known_ratio": 0.5, "seed": 0}
