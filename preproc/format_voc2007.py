@@ -58,12 +58,16 @@ def read_annotation(path: Path, split: str) -> list[int]:
         root = ET.parse(require(path, _download_step(split))).getroot()
     except ET.ParseError as err:
         raise UserError(f"{path} is not valid XML ({err}); re-extract {TARS[split]}") from None
+    except OSError as err:  # a folder or an unreadable file in its place
+        raise UserError(f"cannot read {path} ({err.strerror}); re-extract {TARS[split]}") from None
     columns = set()
     for obj in root.findall("object"):
         difficult = (obj.findtext("difficult") or "0").strip()
         if difficult not in ("0", "1"):
             raise UserError(f"{path}: <difficult> must be 0 or 1, got {difficult!r}; re-extract {TARS[split]}")
         name = (obj.findtext("name") or "").strip().lower()
+        if not name:
+            raise UserError(f"{path}: an <object> without a <name>; re-extract {TARS[split]}")
         if name not in PASCAL_CLASSES:
             raise UserError(f"{path}: unknown class {name!r}; the VOC 2007 classes are {', '.join(PASCAL_CLASSES)}")
         if difficult == "0":
