@@ -43,7 +43,8 @@ NUSWIDE_CLASSES = (
 
 DIGITS_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
-CANONICAL = {"pascal": PASCAL_CLASSES, "coco": COCO_CLASSES, "nuswide": NUSWIDE_CLASSES, "digits": DIGITS_CLASSES}
+CANONICAL = {"pascal": PASCAL_CLASSES, "voc2007": PASCAL_CLASSES, "coco": COCO_CLASSES, "nuswide": NUSWIDE_CLASSES,
+             "digits": DIGITS_CLASSES}
 
 
 def read_class_file(path: Path) -> list[str]:

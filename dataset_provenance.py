@@ -4,8 +4,10 @@ NUS-WIDE exists in two incompatible forms: Cole et al.'s 2020 re-crawl
 (150,000 / 60,260 images, shipped pre-formatted) and the official release
 (161,789 / 107,859 images, formatted by `preproc/format_nuswide.py`) used by the
 EM and VLPL papers. They give different numbers, so every result must say which
-one it used. The formatting scripts write `variant.json` into the dataset
-folder; pre-formatted files without one are recognised by their image counts.
+one it used. COCO likewise: Cole et al. keep the images with an annotation
+(82,081 / 40,137), PU-MLC (Yuan et al. 2024) every image (82,783 / 40,504).
+The formatting scripts write `variant.json` into the dataset folder;
+pre-formatted files without one are recognised by their image counts.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ DIGITS_VARIANT = "sklearn-digits-3x3-v1"
 EXPECTED_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
     "digits": {DIGITS_VARIANT: (4000, 1000)},
     "pascal": {"voc2012": (5717, 5823)},
-    "coco": {"coco2014": (82081, 40137)},
+    "coco": {"coco2014": (82081, 40137), "coco2014-every-image": (82783, 40504)},
+    "voc2007": {"voc2007": (5011, 4952)},
     "cub": {"cub-200-2011": (5994, 5794)},
     "nuswide": {"cole-recrawl": (150000, 60260), "official": (161789, 107859)},
 }

@@ -1,6 +1,6 @@
 """Datasets: formatted `.npy` splits, the train/val split protocol and image loading.
 
-Layout of a dataset folder (Cole et al. 2021), shared by the four benchmarks, `digits`
+Layout of a dataset folder (Cole et al. 2021), shared by the benchmarks, `digits`
 and any folder given with `--data-dir`:
 
     formatted_{train,val}_images.npy      (N,) image paths relative to the image root

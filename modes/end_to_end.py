@@ -54,7 +54,7 @@ def train_end_to_end(cfg: Config, out: Path, init: Init | None = None) -> dict:
     loaders = make_loaders(cfg, splits, model, flip_views=loss_fn.needs_clip_scores)
     info = {
         "image_size": model.preprocess.size,
-        # NUS-WIDE's two variants give different numbers: every result names the one it used
+        # NUS-WIDE's and COCO's variants give different numbers: every result names the one it used
         "dataset_variant": dataset_variant(cfg.dataset, cfg.data_dir, len(splits.train.images) + len(splits.val.images),
                                            len(splits.test.images)),
         # single-positive or PU-MLC's known-ratio labels: results of the two must never be mixed

@@ -89,8 +89,8 @@ def one_error_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["-d", "imagenet"], "-d imagenet is not one of the benchmarks (coco, cub, digits, nuswide, pascal); for a "
-                         "dataset of your own pass its folder with --data-dir"),
+    (["-d", "imagenet"], "-d imagenet is not one of the benchmarks (coco, cub, digits, nuswide, pascal, voc2007); "
+                         "for a dataset of your own pass its folder with --data-dir"),
     (["-l", "softmax"], "invalid choice: 'softmax' (choose from"),
     (["--epochs", "0"], "must be > 0"),
     (["--lr", "-0.1"], "must be > 0"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from class_names import NUSWIDE_CLASSES, PASCAL_CLASSES
-from dataset_provenance import dataset_variant
+from dataset_provenance import count_mismatch, dataset_variant
 from errors import UserError
 from preproc import format_coco, format_cub, format_nuswide, format_pascal
 
@@ -71,19 +71,26 @@ def test_pascal_refuses_image_id_escaping_the_root(tmp_path):
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 2, "name": "bicycle"}]
 
 
-def write_instances(root: Path, split: str, annotations: list[tuple[int, int]], categories=CATEGORIES) -> None:
+def write_instances(root: Path, split: str, annotations: list[tuple[int, int]], categories=CATEGORIES,
+                    images: list[int] = ()) -> None:
     folder = root / "annotations"
     folder.mkdir(parents=True, exist_ok=True)
-    data = {"images": [], "categories": categories,
+    data = {"images": [{"id": i, "file_name": f"COCO_{split}2014_{i:012d}.jpg"} for i in images],
+            "categories": categories,
             "annotations": [{"id": k, "image_id": i, "category_id": c} for k, (i, c) in enumerate(annotations)]}
     (folder / f"instances_{split}2014.json").write_text(json.dumps(data))
 
 
+# The `images` lists, in file order (not sorted); ids 7, 300 and 5 have no annotation.
+TRAIN_IMAGES, VAL_IMAGES = [25, 7, 100, 9, 300], [5, 42]
+
+
 def test_coco_ids_sorted_as_strings_and_categories_in_file_order(tmp_path):
     # ids 9, 100, 25: as strings "100" < "25" < "9"; category 3 (car) is the file's 2nd entry
-    write_instances(tmp_path, "train", [(9, 1), (100, 3), (25, 2), (9, 3), (100, 3)])
-    write_instances(tmp_path, "val", [(42, 2)])
+    write_instances(tmp_path, "train", [(9, 1), (100, 3), (25, 2), (9, 3), (100, 3)], images=TRAIN_IMAGES)
+    write_instances(tmp_path, "val", [(42, 2)], images=VAL_IMAGES)
     assert format_coco.main(["--load-path", str(tmp_path), "--save-path", str(tmp_path)]) == 0
+    # Cole et al.'s rules ignore the images without annotations
     images, labels = _load(tmp_path, "train")
     assert images.tolist() == ["train2014/COCO_train2014_000000000100.jpg",
                                "train2014/COCO_train2014_000000000025.jpg",
@@ -93,6 +100,37 @@ def test_coco_ids_sorted_as_strings_and_categories_in_file_order(tmp_path):
     images, labels = _load(tmp_path, "val")
     assert images.tolist() == ["val2014/COCO_val2014_000000000042.jpg"] and labels.tolist() == [[0, 0, 1]]
     assert (tmp_path / "classes.txt").read_text() == "person\ncar\nbicycle\n"
+    assert json.loads((tmp_path / "variant.json").read_text()) == {"variant": "coco2014"}
+
+
+def test_coco_every_image_keeps_the_images_list_order_and_unannotated_images(tmp_path):
+    """PU-MLC's COCO: every listed image, in `images` order (pycocotools' `imgs` keys), a repeated id once."""
+    write_instances(tmp_path, "train", [(9, 1), (100, 3), (25, 2), (9, 3), (100, 3)], images=TRAIN_IMAGES + [7])
+    write_instances(tmp_path, "val", [(42, 2)], images=VAL_IMAGES)
+    out = tmp_path / "coco_every"
+    assert format_coco.main(["--every-image", "--load-path", str(tmp_path), "--save-path", str(out)]) == 0
+    images, labels = _load(out, "train")
+    assert images.tolist() == [f"train2014/COCO_train2014_{i:012d}.jpg" for i in TRAIN_IMAGES]
+    np.testing.assert_array_equal(labels, [[0, 0, 1], [0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    assert labels.dtype == np.float64
+    images, labels = _load(out, "val")
+    assert images.tolist() == ["val2014/COCO_val2014_000000000005.jpg", "val2014/COCO_val2014_000000000042.jpg"]
+    assert labels.tolist() == [[0, 0, 0], [0, 0, 1]]
+    variant = json.loads((out / "variant.json").read_text())
+    assert variant["variant"] == "coco2014-every-image" and variant["unlabelled_images"] == {"train": 2, "val": 1}
+    assert dataset_variant("coco", tmp_path, 82783, 40504) == "coco2014-every-image"
+    assert "82,783 train / 40,504 test" in count_mismatch("coco", variant["variant"], 5, 2)
+
+
+def test_coco_every_image_refuses_annotations_of_unlisted_images(tmp_path):
+    write_instances(tmp_path, "train", [(9, 1), (11, 2)], images=[9])
+    write_instances(tmp_path, "val", [(42, 2)], images=[42])
+    with pytest.raises(UserError, match="1 annotated image ids are missing from its 'images' list .first: 11."):
+        format_coco.format_coco(tmp_path, tmp_path, every_image=True)
+    (tmp_path / "annotations" / "instances_train2014.json").write_text(json.dumps({"annotations": [],
+                                                                                   "categories": CATEGORIES}))
+    with pytest.raises(UserError, match="no 'images' list"):
+        format_coco.format_coco(tmp_path, tmp_path, every_image=True)
 
 
 def test_coco_json_without_annotations_is_refused(tmp_path):
@@ -232,3 +270,32 @@ def test_digits_folder_records_its_variant(digits_master, tmp_path):
     assert dataset_variant("digits", digits_master, 4000, 1000) == DIGITS_VARIANT
     # folders built before variant.json existed are recognised by their counts
     assert dataset_variant("digits", tmp_path, 4000, 1000) == DIGITS_VARIANT
+
+
+def test_coco_every_image_trains_with_the_coco_folder_as_image_root(tmp_path, capsys):
+    """The formatted folder holds no image: runs and the checker take the COCO folder as --image-root."""
+    from PIL import Image
+
+    from main import main
+    from preproc import check_dataset
+    from preproc.generate_observed_labels import generate_observed_labels
+
+    write_instances(tmp_path, "train", [(9, 1), (100, 3), (25, 2), (9, 3), (100, 3)], images=TRAIN_IMAGES)
+    write_instances(tmp_path, "val", [(42, 2)], images=VAL_IMAGES)
+    for split, ids in (("train", TRAIN_IMAGES), ("val", VAL_IMAGES)):
+        (tmp_path / f"{split}2014").mkdir()
+        for i in ids:
+            pixels = np.random.RandomState(i).randint(0, 255, (24, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / f"{split}2014" / f"COCO_{split}2014_{i:012d}.jpg")
+    out = tmp_path / "coco_every"
+    format_coco.format_coco(tmp_path, out, every_image=True)
+    generate_observed_labels(out, seed=0, known_ratio=0.5)
+    assert check_dataset.main(["-d", "coco", "--data-dir", str(out), "--image-root", str(tmp_path),
+                               "--workers", "1"]) == 0
+    assert "(variant: coco2014-every-image)" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert main(["-d", "coco", "--data-dir", str(out), "--image-root", str(tmp_path), "-m", "digits_cnn", "-l", "EM",
+                 "-g", "cpu", "--num-workers", "0", "--epochs", "1", "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["dataset_variant"] == "coco2014-every-image"
+    assert results["label_protocol"] == {"protocol": "known_ratio", "known_ratio": 0.5, "seed": 0}
