@@ -23,7 +23,7 @@ that PU-MLC's known-label mask (`--known-ratio`, drawn row-major in dataset orde
 keeps the same entries as theirs. Columns and image paths as above. The formatted
 files go to their own folder, and runs name the COCO folder as the image root:
 
-    python -m preproc.format_coco --every-image --save-path data/coco_every
+    python -m preproc.format_coco --every-image   # into data/coco_every
     python main.py -d coco --data-dir data/coco_every --image-root data/coco ...
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ from preproc.format_io import (
     run_script,
     write_formatted,
 )
+from presets import DATA_ROOT
 
 DOWNLOAD_STEP = "download annotations_trainval2014.zip and unzip it there (see data/coco/README.md)"
 
@@ -109,9 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = format_parser(__doc__, "coco")
     parser.add_argument("--every-image", action="store_true",
                         help="PU-MLC's COCO: every image, those without annotations as all-zero rows, in the "
-                             "annotation file's image order (variant 'coco2014-every-image')")
+                             "annotation file's image order (variant 'coco2014-every-image'), saved to "
+                             "data/coco_every unless --save-path says otherwise")
+    parser.set_defaults(save_path=None)
     args = parser.parse_args(argv)
-    return run_script(lambda: format_coco(args.load_path, args.save_path, args.every_image))
+    # never over Cole et al.'s files in data/coco: the every-image files get a folder of their own
+    save_path = args.save_path or DATA_ROOT / ("coco_every" if args.every_image else "coco")
+    return run_script(lambda: format_coco(args.load_path, save_path, args.every_image))
 
 
 if __name__ == "__main__":

@@ -96,8 +96,8 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     prepare_model(model, options, cfg.compile)
     if cfg.freeze_bn:
         log.info(f"--freeze-bn: {freeze_batchnorm(model)} BatchNorm layers run in eval mode")
+    trainable, total = restrict_training(model, cfg.train_scope)
     if cfg.train_scope != "all":
-        trainable, total = restrict_training(model, cfg.train_scope)
         log.info(f"--train-scope {cfg.train_scope}: {trainable:,} of {total:,} parameters train")
     optimizer = build_optimizer([*model_param_groups(model, cfg.lr, cfg.classifier_lr_mult),
                                  *loss_fn.param_groups(cfg.lr)], cfg.lr, cfg.weight_decay)
@@ -113,7 +113,7 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     ckpt = _checkpoint_of(cfg, out)
     state = _train_state(out, ckpt)
     run_log = RunLog(out, cfg.to_dict(), ckpt["epochs"] if ckpt else None)
-    run_log.info.update(info or {}, phase_epochs=epochs)
+    run_log.info.update(info or {}, phase_epochs=epochs, parameters={"trainable": trainable, "total": total})
     train_gen = loaders["train"].generator
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
