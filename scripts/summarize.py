@@ -36,7 +36,7 @@ log = logging.getLogger("summarize")
 # where or how fast the run went, never what it computed.
 POOLABLE = {"seed", "out", "device", "num_workers", "data_dir", "image_root", "deterministic"}
 COLUMNS = ["dataset", "loss", "setting", "n", "seeds", "test_map_mean", "test_map_std", "val_map_mean", "val_map_std",
-           "backbone", "image_size", "val_variant", "stop_rule", "data_variant"]
+           "backbone", "image_size", "val_variant", "stop_rule", "data_variant", "labels"]
 
 
 def find_results(paths: list[Path]) -> list[Path]:
@@ -56,6 +56,17 @@ def data_variant(results: dict) -> str:
     return str(results.get("dataset_variant") or "-")
 
 
+def labels(results: dict) -> str:
+    """The observed-label protocol main.py recorded: single positive, or PU-MLC's known ratio ("-" if unrecorded)."""
+    recorded = results.get("label_protocol") or {}
+    if recorded.get("protocol") == "known_ratio":
+        return f"known ratio {recorded['known_ratio']:g}"
+    if recorded.get("protocol") == "single_positive":
+        counts = (recorded.get("num_pos", 1), recorded.get("num_neg", 0))
+        return "single positive" if counts == (1, 0) else f"{counts[0]} pos / {counts[1]} neg"
+    return "-"
+
+
 def protocol(results: dict) -> dict:
     """The protocol columns of one run; image size may be in results (recorded by main) or in the config."""
     config = results["config"]
@@ -67,11 +78,14 @@ def protocol(results: dict) -> dict:
         "val_variant": config.get("val_set_variant", "clean"),
         "stop_rule": stop,
         "data_variant": data_variant(results),
+        "labels": labels(results),
     }
 
 
 def _comparable(results: dict) -> dict:
-    return {**{k: v for k, v in results["config"].items() if k not in POOLABLE}, **protocol(results)}
+    # the label protocol in full (its sampling seed too): runs on other observed labels are never pooled
+    return {**{k: v for k, v in results["config"].items() if k not in POOLABLE}, **protocol(results),
+            "label_protocol": results.get("label_protocol")}
 
 
 def load_runs(paths: list[Path]) -> list[dict]:
@@ -126,12 +140,13 @@ def _pm(mean: float, std: float) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["dataset", "loss", "setting", "seeds", "test mAP", "val mAP", "backbone", "image size", "val", "stop rule", "data variant"]
+    header = ["dataset", "loss", "setting", "seeds", "test mAP", "val mAP", "backbone", "image size", "val", "stop rule", "data variant",
+              "labels"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["dataset"], r["loss"], r["setting"], f"{r['n']} ({r['seeds']})", _pm(r["test_map_mean"], r["test_map_std"]),
                  _pm(r["val_map_mean"], r["val_map_std"]), r["backbone"], str(r["image_size"]), r["val_variant"],
-                 r["stop_rule"], r["data_variant"]]
+                 r["stop_rule"], r["data_variant"], r["labels"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

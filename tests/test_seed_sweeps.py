@@ -37,7 +37,7 @@ def test_summary_mean_std_per_dataset_and_loss(tmp_path, capsys):
     assert summarize.main([str(sweep), str(tmp_path / "an"), "--out", str(tmp_path / "table")]) == 0
     printed = capsys.readouterr()
     # EM: mean (88 + 89 + 90.5) / 3 = 89.1667; sample std sqrt((1.1667² + 0.1667² + 1.3333²) / 2) = 1.2583
-    assert "| pascal | EM | - | 3 (1 2 3) | 89.17 ± 1.26 | 81.00 ± 1.00 | resnet50 | 448 | clean | patience 1, max 10 ep | - |" in printed.out
+    assert "| pascal | EM | - | 3 (1 2 3) | 89.17 ± 1.26 | 81.00 ± 1.00 | resnet50 | 448 | clean | patience 1, max 10 ep | - | - |" in printed.out
     assert "| pascal | an | - | 1 (1) | 85.00 (1 seed) |" in printed.out
     assert "left out" in printed.err and "seed4" in printed.err
     rows = list(csv.DictReader(open(tmp_path / "table" / "summary.csv")))
@@ -64,6 +64,21 @@ def test_summary_keeps_different_protocols_apart(tmp_path, capsys, change, field
     assert len(rows) == 2
     assert any("2 (1 2) | 88.50 ± 0.71" in row for row in rows)
     assert any(f"{field}={shown}" in row and "1 (1) | 70.00 (1 seed)" in row for row in rows)
+
+
+def test_summary_never_pools_label_protocols(tmp_path, capsys):
+    """Single-positive and known-ratio (PU-MLC) runs: one row each, even with the rest of the config equal."""
+    fake_run(tmp_path / "sp" / "seed1", 1, 88.0)
+    fake_run(tmp_path / "kr" / "seed2", 2, 70.0)
+    for folder, recorded in (("sp/seed1", {"protocol": "single_positive", "num_pos": 1, "num_neg": 0, "seed": 1200}),
+                             ("kr/seed2", {"protocol": "known_ratio", "known_ratio": 0.1, "seed": 0})):
+        path = tmp_path / folder / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "label_protocol": recorded}))
+    assert summarize.main([str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| pascal | EM |")]
+    assert len(rows) == 2
+    assert any(row.endswith("| single positive |") and "88.00" in row for row in rows)
+    assert any(row.endswith("| known ratio 0.1 |") and "70.00" in row for row in rows)
 
 
 def test_summary_refuses_a_repeated_seed_naming_both_folders(tmp_path, capsys):
