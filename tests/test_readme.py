@@ -9,6 +9,7 @@ import pytest
 
 from cli import parse_args
 from conftest import slice_digits
+from flags import build_parser
 from main import main
 from presets import REPO_ROOT
 
@@ -28,6 +29,9 @@ def commands(program: str) -> list[list[str]]:
 
 # --resume / --eval-only examples name a run folder of the reader's; -h only prints
 MAIN_COMMANDS = [argv for argv in commands("python main.py") if not {"--resume", "--eval-only", "-h"} & set(argv)]
+# a preset names the authors' data files (word vectors, 10%-known labels): its flags are checked, its files not
+PRESET_COMMANDS = [argv for argv in MAIN_COMMANDS if "--preset" in argv]
+MAIN_COMMANDS = [argv for argv in MAIN_COMMANDS if argv not in PRESET_COMMANDS]
 DIGITS = [argv for argv in MAIN_COMMANDS if "-d" not in argv or argv[argv.index("-d") + 1] == "digits"]
 OTHERS = [argv for argv in MAIN_COMMANDS if argv not in DIGITS]
 
@@ -49,6 +53,11 @@ def test_digits_commands_run(argv, digits_master, tmp_path, monkeypatch):
 def test_benchmark_commands_parse(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     parse_args([*argv, "--out", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("argv", PRESET_COMMANDS, ids=" ".join)
+def test_preset_commands_parse(argv):
+    build_parser().parse_args(argv)
 
 
 @pytest.mark.parametrize("module", sorted({argv[0] for argv in commands("python -m ")} - {"pytest"}))
