@@ -171,6 +171,8 @@ def test_unreadable_image_stops_or_is_skipped_and_counted(small_digits, tmp_path
 
     assert main(flags(data, tmp_path / "stops", "--epochs", "1")) == 2
     assert f"cannot read image {bad}" in capsys.readouterr().err
+    stopped = json.loads((tmp_path / "stops" / "results.json").read_text())  # not left "running"
+    assert stopped["status"] == "failed" and f"cannot read image {bad}" in stopped["reason"]
     assert main(flags(data, tmp_path / "skips", "--epochs", "2", "--skip-bad-images")) == 0
     results = json.loads((tmp_path / "skips" / "results.json").read_text())
     assert results["status"] == "completed" and results["skipped_images"] == 1

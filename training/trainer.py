@@ -6,7 +6,7 @@ loss's own parameter groups (ROLE's label estimator at lr x10) with the recipe's
 options (training/recipe.py: weight decay, per-step schedule, weight EMA), resumes
 from `last.pt` when asked, runs `engine.fit`, writes `last.pt` after every epoch and
 `best.pt` on a val gain, and marks the results diverged (non-finite loss) or
-interrupted (Ctrl-C) when the run ends early.
+interrupted (Ctrl-C) when the run ends early, or failed (with the error as its reason).
 
 Runs made of several phases, each in its own folder (linear_init's two, the
 grid points of --search), go on under --resume phase by phase: `resumed_phase`
@@ -147,13 +147,6 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                         state=state, on_epoch_end=save_checkpoints, options=options,
                         after_step=after_step if scheduler is not None or ema is not None else None,
                         ema_model=ema.module if ema is not None else None)
-        except RuntimeError as err:
-            if "does not have a deterministic implementation" not in str(err):
-                raise
-            # PyTorch names the op in the first line of its message: one line for the user, not a traceback.
-            op = str(err).splitlines()[0].split(" does not have")[0]
-            raise UserError(f"--deterministic: {op} has no deterministic implementation on {device}; "
-                            f"drop --deterministic or use another --model") from err
         except (NonFiniteLoss, KeyboardInterrupt) as err:
             # Nothing of the unfinished epoch is kept: last.pt and best.pt stay as the last completed epoch left them.
             status, reason = ("diverged", str(err)) if isinstance(err, NonFiniteLoss) else \
@@ -170,6 +163,13 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                 log.error(f"stopped during epoch {state.epoch + 1}: {LAST} and results.json (marked {status}) hold "
                           f"epoch {state.epoch}{then}")
             raise
+        except Exception as err:  # an unreadable image, a full disk, a bug: results.json must not say "running"
+            error = _deterministic_error(err, device) or err
+            reason = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+            run_log.write_results(state.summary(), "failed", reason=reason, last_completed_epoch=state.epoch)
+            if error is err:
+                raise
+            raise error from err
         run_log.write_results(state.summary(), "completed")
         log.info(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
                  f"test mAP {state.best_test_map:.2f} -> {out / 'results.json'}")
@@ -180,6 +180,15 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
         return state
     finally:
         run_log.close()
+
+
+def _deterministic_error(err: Exception, device: torch.device) -> UserError | None:
+    """--deterministic met an op without a deterministic kernel: one line naming the op, not a traceback."""
+    if not isinstance(err, RuntimeError) or "does not have a deterministic implementation" not in str(err):
+        return None
+    op = str(err).splitlines()[0].split(" does not have")[0]  # PyTorch names the op in its first line
+    return UserError(f"--deterministic: {op} has no deterministic implementation on {device}; "
+                     f"drop --deterministic or use another --model")
 
 
 def restart_if_unstarted(cfg: Config, out: Path) -> Config:
