@@ -177,13 +177,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if args.search and (args.lr is not None or args.bsize is not None):
         raise UserError("--search sets --lr and --bsize itself; give the grids with --search-lrs / --search-bsizes")
     expected_pos = pick(args.expected_pos, preset.expected_pos)
-    if expected_pos is None and args.loss in ("epr", "role"):
+    if expected_pos is None and LOSSES[args.loss].needs_expected_pos:
         raise UserError(f"-l {args.loss} needs --expected-pos on a dataset of your own: the average number of "
                         f"positive labels per image (Cole et al. use each benchmark's, e.g. 2.9 on COCO)")
     _check_recipe(args, epochs)
     warmup = pick(args.warmup_epochs, loss_defaults.get("warmup_epochs", preset.warmup_epochs))
-    if args.warmup_epochs is None and 0 < epochs <= warmup and args.loss == "EM_APL":
-        log.info(f"EM_APL: the warm-up is shortened from {warmup} to {epochs - 1} epoch(s) for a {epochs}-epoch run "
+    if args.warmup_epochs is None and 0 < epochs <= warmup and LOSSES[args.loss].warmup_before_end:
+        log.info(f"{args.loss}: the warm-up is shortened from {warmup} to {epochs - 1} epoch(s) for a {epochs}-epoch run "
                  f"(--warmup-epochs sets it)")
         warmup = epochs - 1
     data_dir = (args.data_dir or DATA_ROOT / args.dataset).absolute()

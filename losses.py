@@ -109,6 +109,10 @@ class LossEntry:
     # The method's own run defaults where they differ from the dataset preset, e.g. {"patience": 0};
     # a function of the preset. Explicit flags still win.
     defaults: Callable[..., dict] = field(default=lambda preset: {})
+    # Reads --expected-pos: a dataset of the user's own, which has no published count, must give it
+    needs_expected_pos: bool = False
+    # Its --warmup-epochs must end before the run does: a run of that many epochs or fewer gets a shorter warm-up
+    warmup_before_end: bool = False
 
 
 OBSERVED, FULL, TRUE_NEGATIVES = "observed", "full", "true_negatives"
@@ -128,14 +132,15 @@ LOSSES: dict[str, LossEntry] = {
                        "assume negative with label smoothing --ls-coef (Cole et al.)"),
     "wan": LossEntry(stateless(loss_wan), OBSERVED, "weighted assume negative, unknown term / (C - 1) (Cole et al.)"),
     "epr": LossEntry(stateless(loss_epr, "expected_pos"), OBSERVED,
-                     "positives + expected-positive-count regulariser --expected-pos (Cole et al.)"),
+                     "positives + expected-positive-count regulariser --expected-pos (Cole et al.)",
+                     needs_expected_pos=True),
     "EM": LossEntry(stateless(loss_em, "alpha"), OBSERVED, "entropy maximisation on unknown labels (Zhou et al.)"),
     "role": LossEntry(RoleLoss.from_hyper, OBSERVED,
                       "regularised online label estimation: a learned N x C label matrix at lr x10 + EPR "
-                      "(Cole et al.)"),
+                      "(Cole et al.)", needs_expected_pos=True),
     "EM_APL": LossEntry(EmAplLoss.from_hyper, OBSERVED,
                         "EM + asymmetric pseudo-labelling: soft negatives from --warmup-epochs on, weight --beta "
-                        "(Zhou et al.)"),
+                        "(Zhou et al.)", warmup_before_end=True),
     "EM_PL": LossEntry(VLPLLoss.builder(loss_em_pl, "alpha", "beta_pos", "beta_neg"), OBSERVED,
                        "VLPL: EM plus frozen-CLIP pseudo-labels (Xing et al.)", defaults=vlpl_defaults),
     "EM_PL_ASL": LossEntry(VLPLLoss.builder(loss_em_pl_asl, "gamma_pos", "gamma_unknown", "gamma_neg"), OBSERVED,
