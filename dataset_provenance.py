@@ -53,13 +53,15 @@ def dataset_variant(dataset: str, data_dir: Path, num_train: int, num_test: int)
 
 
 def count_mismatch(dataset: str, variant: str, num_train: int, num_test: int) -> str | None:
-    """A warning when a known variant's published counts are not met (fixtures, partial downloads)."""
+    """A warning when the counts are not those of the folder's variant (fixtures, partial downloads), or,
+    for a folder of unknown variant, not those of any variant of its dataset."""
     known = EXPECTED_COUNTS.get(dataset, {})
-    expected = known.get(variant)
-    if expected is None and len(known) == 1:
-        variant, expected = next(iter(known.items()))
-    if expected is None or expected == (num_train, num_test):
+    if variant in known:
+        candidates = {variant: known[variant]}
+    else:  # a variant without published counts (NUS-WIDE's official-labelled) has none to miss
+        candidates = known if variant.startswith("unknown") else {}
+    if not candidates or (num_train, num_test) in candidates.values():
         return None
-    return (f"{dataset} ({variant}) should have {expected[0]:,} train / {expected[1]:,} test images, "
-            f"found {num_train:,} / {num_test:,}: a partial download or a different release; "
-            f"results will not be comparable to the papers")
+    expected = " or ".join(f"{train:,} train / {test:,} test images ({name})" for name, (train, test) in candidates.items())
+    return (f"{dataset} should have {expected}, found {num_train:,} / {num_test:,}: a partial download or a "
+            f"different release; results will not be comparable to the papers")

@@ -120,6 +120,12 @@ def test_coco_every_image_keeps_the_images_list_order_and_unannotated_images(tmp
     assert variant["variant"] == "coco2014-every-image" and variant["unlabelled_images"] == {"train": 2, "val": 1}
     assert dataset_variant("coco", tmp_path, 82783, 40504) == "coco2014-every-image"
     assert "82,783 train / 40,504 test" in count_mismatch("coco", variant["variant"], 5, 2)
+    assert "82,081 train" not in count_mismatch("coco", variant["variant"], 5, 2)
+    # a folder of unknown variant is checked against every variant of its dataset
+    unknown = count_mismatch("coco", "unknown", 5, 2)
+    assert "82,081 train / 40,137 test images (coco2014) or 82,783 train / 40,504 test" in unknown
+    assert count_mismatch("coco", "unknown", 82783, 40504) is None
+    assert count_mismatch("nuswide", "official-labelled", 5, 2) is None  # no published counts to miss
 
 
 def test_coco_every_image_refuses_annotations_of_unlisted_images(tmp_path):
