@@ -97,6 +97,10 @@ class Config:
     head: str = "linear"  # "ssgrl": PU-MLC's semantic decoupling + gated GNN head (ssgrl.py)
     word_vectors: Path | None = None  # (C, D) class word vectors of the ssgrl head
     freeze_bn: bool = False  # every BatchNorm in eval mode while training (the authors' recipe)
+    # torchrun (training/distributed.py): bsize is the global batch; per_gpu_bsize, when given, made it
+    # per_gpu_bsize x the processes the run started on; sync_bn: SyncBatchNorm across the processes
+    per_gpu_bsize: int | None = None
+    sync_bn: bool = False
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.

@@ -35,6 +35,7 @@ from training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from training import distributed
 from training.engine import NonFiniteLoss, TrainState, fit
 from training.recipe import ModelEma, build_optimizer, build_scheduler, freeze_batchnorm
 from training.speed import StepOptions, prepare_model
@@ -93,6 +94,7 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     device = torch.device(cfg.device)
     options = StepOptions.from_config(cfg)
     prepare_model(model, options, cfg.compile)
+    train_model = distributed.wrap(model, device, cfg.sync_bn)  # before --freeze-bn's hooks: SyncBN replaces modules
     if cfg.freeze_bn:
         log.info(f"--freeze-bn: {freeze_batchnorm(model)} BatchNorm layers run in eval mode")
     optimizer = build_optimizer([*model_param_groups(model, cfg.lr, cfg.classifier_lr_mult),
@@ -108,8 +110,11 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
 
     ckpt = _checkpoint_of(cfg, out)
     state = _train_state(out, ckpt)
-    run_log = RunLog(out, cfg.to_dict(), ckpt["epochs"] if ckpt else None)
+    here = distributed.world()
+    run_log = RunLog(out, cfg.to_dict(), ckpt["epochs"] if ckpt else None, writer=here.is_main)
     run_log.info.update(info or {}, phase_epochs=epochs)
+    if here.distributed:  # --bsize is the global batch; what each process took of it
+        run_log.info.update(world_size=here.size, bsize_global=cfg.bsize, bsize_per_process=cfg.bsize // here.size)
     train_gen = loaders["train"].generator
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -122,6 +127,8 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
         restore_rng_state(ckpt["rng"], train_gen)  # last: model building above drew from the RNGs
 
     def save_checkpoints(state: TrainState, improved: bool) -> None:
+        if not here.is_main:  # one writer; every rank holds the same weights and state
+            return
         meta = {"train_state": {k: v for k, v in vars(state).items() if k != "best_weights"}, "config": cfg.to_dict()}
         if improved:  # before last.pt: if killed in between, the resumed run redoes this epoch and best.pt
             # with --ema the best may be the EMA weights: the copy the state kept
@@ -135,14 +142,14 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     try:
         log.info(f"{cfg.dataset} ({len(loaders['train'].dataset)} train / {len(loaders['val'].dataset)} val / "
                  f"{len(loaders['test'].dataset)} test), loss {cfg.loss}, model {cfg.model}, device {device}, "
-                 f"{epochs} epochs, batch {cfg.bsize}, lr {cfg.lr:g} -> {out} (every setting: config.json)")
+                 f"{epochs} epochs, batch {cfg.bsize}{_per_process(here, cfg.bsize)}, lr {cfg.lr:g} -> {out} (every setting: config.json)")
         if ckpt is not None:
             log.info(f"resuming {out} after epoch {state.epoch}")
         try:
             state = fit(model, loss_fn, optimizer, loaders, device, epochs, cfg.patience, cfg.threshold, run_log,
                         state=state, on_epoch_end=save_checkpoints, options=options,
                         after_step=after_step if scheduler is not None or ema is not None else None,
-                        ema_model=ema.module if ema is not None else None)
+                        ema_model=ema.module if ema is not None else None, train_model=train_model)
         except RuntimeError as err:
             if "does not have a deterministic implementation" not in str(err):
                 raise
@@ -174,7 +181,17 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
         run_log.close()
 
 
+def _per_process(here: distributed.World, bsize: int) -> str:
+    return f" ({bsize // here.size} per process x {here.size})" if here.distributed else ""
+
+
 def restart_if_unstarted(cfg: Config, out: Path) -> Config:
+    """See `_restart_if_unstarted`; under torchrun rank 0 cleans the folder, the others then find it clean."""
+    with distributed.main_first():
+        return _restart_if_unstarted(cfg, out)
+
+
+def _restart_if_unstarted(cfg: Config, out: Path) -> Config:
     """Under --resume, a run or phase killed before its first epoch ended holds no checkpoint and
     no finished epoch, only the files its run log writes (no training to lose): they are removed
     and the config comes back with resume off, so it starts afresh. A folder holding anything
