@@ -228,3 +228,54 @@ def test_loss_state_stays_the_same_on_every_rank(tmp_path):
         for key in rank0[name]:
             assert torch.equal(rank0[name][key], rank1[name][key]), (name, key)
     assert rank0["LargeLoss"]["corrected"].any()  # LL-Cp corrected entries on both ranks' rows
+
+
+def _scoring_worker(rank: int, port: int, folder: Path) -> None:
+    """One rank scoring a 25-row split (13 + 12 rows) with the same weights as one process."""
+    from training.engine import evaluate
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dataset, model = _scoring_case()
+    with distributed.process_group("cpu"):
+        loader = DataLoader(dataset, sampler=distributed.batch_sampler(dataset, 8, False), batch_size=None)
+        torch.save(evaluate(model, loader, torch.device("cpu"), 0.5, "val"), folder / f"metrics{rank}.pt")
+
+
+def _scoring_case():
+    from modes.linear import FeatureDataset
+
+    torch.manual_seed(1)
+    labels = (torch.rand(NUM_VAL, C) < 0.4).float()
+    return FeatureDataset(torch.randn(NUM_VAL, 6).numpy(), labels.numpy()), torch.nn.Linear(6, C)
+
+
+def test_an_odd_split_is_scored_once_per_example_on_two_ranks(tmp_path):
+    from training.engine import evaluate
+
+    dataset, model = _scoring_case()
+    single = evaluate(model, DataLoader(dataset, sampler=distributed.batch_sampler(dataset, 8, False), batch_size=None),
+                      torch.device("cpu"), 0.5, "val")
+    torch.multiprocessing.start_processes(_scoring_worker, args=(_free_port(), tmp_path), nprocs=2,
+                                          start_method="fork")
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"metrics{rank}.pt", weights_only=False) == single  # exactly
+
+
+def test_batch_flags_under_torchrun(monkeypatch, tmp_path):
+    from cli import parse_args
+    from errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    base = ["-g", "cpu", "--out", str(tmp_path / "run")]
+    with pytest.raises(UserError, match="--bsize 15 is the global batch, split among the 2 processes"):
+        parse_args([*base, "--bsize", "15"])
+    cfg = parse_args([*base, "--per-gpu-bsize", "35"])  # PU-MLC's 35 per GPU
+    assert (cfg.bsize, cfg.per_gpu_bsize, cfg.to_dict()["per_gpu_bsize"]) == (70, 35, 35)
+    with pytest.raises(UserError, match="exclude each other"):
+        parse_args([*base, "--bsize", "8", "--per-gpu-bsize", "4"])
+    with pytest.raises(UserError, match="--sync-bn .* CUDA only"):
+        parse_args([*base, "--sync-bn"])

@@ -163,7 +163,10 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                 ("interrupted", "interrupted by the user (Ctrl-C)")
             run_log.write_results(state.summary(), status, reason=reason, last_completed_epoch=state.epoch)
             # A diverged run resumed would replay the same steps: the way on is a new run (lower --lr).
-            resume = f"`python main.py --resume {cfg.out}`"
+            # under torchrun: the same torchrun command with main.py --resume
+            resume = f"`{'torchrun ... ' if here.distributed else 'python '}main.py --resume {cfg.out}`"
+            if not here.is_main:  # rank 0 says it
+                raise
             if state.epoch == 0:
                 then = "" if status == "diverged" else f"; {resume} starts it again"
                 log.error(f"stopped during epoch 1: no epoch completed, no checkpoint written; results.json is "
