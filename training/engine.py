@@ -15,9 +15,9 @@ from tqdm import tqdm
 
 from errors import UserError
 from instrumentation import RunLog, epoch_line
-from training import distributed
 from methods.base import SPMLLoss
 from metrics import compute_metrics
+from training import distributed
 from training.speed import StepOptions
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from config import Config, LossHyper
 from errors import UserError
 from instrumentation import RUN_FILES, RunLog, run_status
 from methods.base import SPMLLoss
+from training import distributed
 from training.checkpoint import (
     BEST,
     LAST,
@@ -35,7 +36,6 @@ from training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from training import distributed
 from training.engine import NonFiniteLoss, TrainState, fit
 from training.recipe import ModelEma, build_optimizer, build_scheduler, freeze_batchnorm
 from training.speed import StepOptions, prepare_model
@@ -142,7 +142,8 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     try:
         log.info(f"{cfg.dataset} ({len(loaders['train'].dataset)} train / {len(loaders['val'].dataset)} val / "
                  f"{len(loaders['test'].dataset)} test), loss {cfg.loss}, model {cfg.model}, device {device}, "
-                 f"{epochs} epochs, batch {cfg.bsize}{_per_process(here, cfg.bsize)}, lr {cfg.lr:g} -> {out} (every setting: config.json)")
+                 f"{epochs} epochs, batch {cfg.bsize}{_per_process(here, cfg.bsize)}, lr {cfg.lr:g} -> {out} "
+                 f"(every setting: config.json)")
         if ckpt is not None:
             log.info(f"resuming {out} after epoch {state.epoch}")
         try:
