@@ -87,7 +87,7 @@ def process_group(device: str) -> Iterator[None]:
 
 
 def same_as_main(value):
-    """Rank 0's `value` on every rank (a picklable object, e.g. the run's config)."""
+    """Rank 0's `value` on every rank (a picklable object, e.g. the default --out, named after its clock)."""
     if not world().distributed:
         return value
     box = [value]
@@ -107,11 +107,6 @@ def main_first() -> Iterator[None]:
     finally:
         if here.distributed and here.is_main:
             dist.barrier()
-
-
-def barrier() -> None:
-    if world().distributed:
-        dist.barrier()
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -195,17 +190,20 @@ def step_weights(loader: DataLoader) -> list[float] | None:
 
 # --- collectives (no-ops in one process) ---------------------------------------------------
 
-def gather_rows(local: torch.Tensor, count: int) -> torch.Tensor:
-    """The (count, ...) rows every rank scored with `shard_rows`, in dataset order, on every rank."""
+def gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """The rows every rank scored (its `shard_rows` slice), in rank order, hence dataset order, on every rank."""
     here = world()
     if not here.distributed:
         return local
-    shares = even_shares(count, here.size)
-    padded = local.new_zeros((shares[0], *local.shape[1:]))  # all_gather needs equal shapes
+    count = torch.tensor([len(local)], device=local.device)
+    counts = [torch.empty_like(count) for _ in range(here.size)]
+    dist.all_gather(counts, count)
+    counts = [int(n) for n in counts]
+    padded = local.new_zeros((max(counts), *local.shape[1:]))  # all_gather needs equal shapes
     padded[:len(local)] = local
     parts = [torch.empty_like(padded) for _ in range(here.size)]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:share] for part, share in zip(parts, shares)])
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
 
 
 def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:

@@ -169,7 +169,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: st
             with options.autocast(device):
                 logits = model(options.images_to(images, device))
             scores.append(torch.sigmoid(logits.float()))
-        scores = distributed.gather_rows(torch.cat(scores), len(loader.dataset))
+        scores = distributed.gather_rows(torch.cat(scores))
     # A normal tensor, not an inference tensor: pseudo-labelling (APL) uses the scores in autograd.
     return scores.clone()
 
