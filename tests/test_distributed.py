@@ -118,7 +118,12 @@ def _start_ranks(args: list[list[str]], folders: list[Path]) -> list[subprocess.
 
 
 def _wait(procs: list[subprocess.Popen]) -> list[str]:
-    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    try:
+        outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    finally:  # a rank left waiting for a dead one is not left running
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     assert [proc.returncode for proc in procs] == [0] * len(procs), outputs
     return outputs
 
