@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from errors import UserError
 from main import main
 from presets import REPO_ROOT
 from training import distributed
@@ -69,7 +70,7 @@ def test_step_weights_make_the_global_mean():
 
 
 def test_a_last_batch_smaller_than_the_world_is_refused():
-    with pytest.raises(distributed.UserError, match="last batch of each epoch holds 1 of the 17"):
+    with pytest.raises(UserError, match="last batch of each epoch holds 1 of the 17"):
         ShardedBatchSampler(range(17), 8, World(0, 2, 0))
 
 
@@ -270,7 +271,6 @@ def test_an_odd_split_is_scored_once_per_example_on_two_ranks(tmp_path):
 
 def test_batch_flags_under_torchrun(monkeypatch, tmp_path):
     from cli import parse_args
-    from errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

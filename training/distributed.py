@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import logging
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -29,8 +28,6 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from errors import UserError
-
-log = logging.getLogger(__name__)
 
 # A rank that dies inside a collective leaves the others waiting; torchrun's agent stops the
 # processes of its node at once, and this bounds the wait of the other nodes' processes.
@@ -156,7 +153,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
                             f"leaves a last batch of 0 or at least {here.size} examples")
 
     def __len__(self) -> int:
-        return -(-len(self.rows) // self.bsize)
+        return len(self.global_sizes())
 
     def global_sizes(self) -> list[int]:
         full, rest = divmod(len(self.rows), self.bsize)
