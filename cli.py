@@ -23,6 +23,7 @@ from preflight import existing_file, existing_folder, new_run_folder, writable_f
 from preproc.generate_observed_labels import label_protocol
 from presets import DATA_ROOT, LINEAR_EPOCHS, PRESETS, REPO_ROOT, RUN_PRESETS, custom_preset, preset_of
 from training.checkpoint import load_checkpoint
+from training.distributed import under_torchrun, world
 from training.speed import check_amp
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def _speed_settings(args: argparse.Namespace, device: str) -> dict:
 def _device(gpu: str) -> str:
     import torch
 
+    if under_torchrun():
+        return _torchrun_device(gpu)
     if gpu == "cpu":
         return "cpu"
     if not gpu.isdigit():
@@ -80,6 +83,43 @@ def _device(gpu: str) -> str:
     if int(gpu) >= torch.cuda.device_count():
         raise UserError(f"-g/--gpu {gpu}: only {torch.cuda.device_count()} GPU(s) visible")
     return f"cuda:{gpu}"
+
+
+def _torchrun_device(gpu: str) -> str:
+    """Under torchrun each process takes the GPU of its LOCAL_RANK; -g cpu makes them CPU processes."""
+    import torch
+
+    here = world()
+    if gpu == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        log.info(f"torchrun: this machine has no CUDA device; the {here.size} processes run on the CPU "
+                 f"(-g cpu says so up front)")
+        return "cpu"
+    if here.local_rank >= torch.cuda.device_count():
+        raise UserError(f"torchrun: LOCAL_RANK {here.local_rank} but only {torch.cuda.device_count()} GPU(s) "
+                        f"visible; start at most {torch.cuda.device_count()} processes per node (--nproc_per_node)")
+    log.info(f"torchrun: {here.size} processes, each on the GPU of its LOCAL_RANK; -g {gpu} is ignored")
+    return f"cuda:{here.local_rank}"
+
+
+def _check_world(cfg: Config) -> None:
+    """What a run on torchrun's processes needs, before anything is written."""
+    here = world()
+    if not here.distributed:
+        if cfg.sync_bn:
+            log.info("--sync-bn: one process, nothing to synchronise; it acts under torchrun only")
+        return
+    for bsize in cfg.search_bsizes if cfg.search else (cfg.bsize,):
+        if bsize % here.size:
+            raise UserError(f"--bsize {bsize} is the global batch, split among the {here.size} processes: it must be "
+                            f"a multiple of {here.size} (or give the batch per process with --per-gpu-bsize)")
+    if cfg.sync_bn and not cfg.device.startswith("cuda"):
+        raise UserError("--sync-bn synchronises BatchNorm across GPUs (torch.nn.SyncBatchNorm runs on CUDA only); "
+                        "drop it with -g cpu")
+    if cfg.skip_bad_images:
+        raise UserError("--skip-bad-images is not supported under torchrun yet (a process whose batch is all "
+                        "skipped would leave the others waiting); fix or remove the images, or run one process")
 
 
 def _given_flags(argv: list[str] | None) -> set[str]:
@@ -122,7 +162,9 @@ def _saved_config(args: argparse.Namespace, argv: list[str] | None) -> Config:
         changes["image_root"] = given["data_dir"] / preset_of(saved["dataset"]).image_root
     gpu = args.gpu if "gpu" in _given_flags(argv) else saved["device"].removeprefix("cuda:")
     changes["device"] = _device(gpu)
-    return Config.from_dict(saved, source, **changes)
+    cfg = Config.from_dict(saved, source, **changes)
+    _check_world(cfg)
+    return cfg
 
 
 def _check_recipe(args: argparse.Namespace, epochs: int) -> None:
@@ -145,8 +187,12 @@ def _with_preset(argv: list[str] | None) -> list[str]:
     name = finder.parse_known_args(argv)[0].preset
     if name is None:
         return argv
-    log.info(f"--preset {name}: {' '.join(RUN_PRESETS[name].flags)}")
-    return [*RUN_PRESETS[name].flags, *argv]
+    flags = list(RUN_PRESETS[name].flags)
+    for mine, theirs in (("--bsize", "--per-gpu-bsize"), ("--per-gpu-bsize", "--bsize")):
+        if any(arg == mine or arg.startswith(mine + "=") for arg in argv) and theirs in flags:  # the two batch flags exclude each other: the user's choice stands
+            del flags[flags.index(theirs):flags.index(theirs) + 2]
+    log.info(f"--preset {name}: {' '.join(flags)}")
+    return [*flags, *argv]
 
 
 def _check_preset_labels(preset: str, dataset: str, data_dir: Path) -> None:
@@ -174,8 +220,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     loss_defaults = LOSSES[args.loss].defaults(preset)  # the method's own settings (VLPL), below the flags
     linear = args.train_mode == "linear_fixed_features"
     epochs = pick(args.epochs, LINEAR_EPOCHS if linear else preset.epochs)
-    if args.search and (args.lr is not None or args.bsize is not None):
+    if args.search and (args.lr is not None or args.bsize is not None or args.per_gpu_bsize is not None):
         raise UserError("--search sets --lr and --bsize itself; give the grids with --search-lrs / --search-bsizes")
+    if args.bsize is not None and args.per_gpu_bsize is not None:
+        raise UserError(f"--bsize {args.bsize} (the global batch) and --per-gpu-bsize {args.per_gpu_bsize} exclude "
+                        f"each other: pass one")
     expected_pos = pick(args.expected_pos, preset.expected_pos)
     if expected_pos is None and LOSSES[args.loss].needs_expected_pos:
         raise UserError(f"-l {args.loss} needs --expected-pos on a dataset of your own: the average number of "
@@ -221,7 +270,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         seed=args.seed,
         device=device,
         epochs=epochs,
-        bsize=pick(args.bsize, loss_defaults.get("bsize", preset.bsize)),
+        bsize=args.per_gpu_bsize * world().size if args.per_gpu_bsize else
+        pick(args.bsize, loss_defaults.get("bsize", preset.bsize)),
         lr=pick(args.lr, preset.lr),
         patience=pick(args.patience, loss_defaults.get("patience", 0 if linear else 1)),
         num_workers=pick(args.num_workers, preset.num_workers),
@@ -282,8 +332,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
         scale_size=args.scale_size,
         preset=args.preset,
         report_test_oracle=args.report_test_oracle,
+        per_gpu_bsize=args.per_gpu_bsize,
+        sync_bn=args.sync_bn,
     )
     _check_image_options(cfg)
+    _check_world(cfg)
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "
                  f"alpha {cfg.hyper.alpha:g}, beta {cfg.hyper.beta:g}, warm-up {cfg.hyper.warmup_epochs}, "

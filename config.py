@@ -104,6 +104,10 @@ class Config:
     # Also report the best test mAP over epochs and weights, chosen on the test set as PU-MLC's code does
     # (never used to select anything)
     report_test_oracle: bool = False
+    # torchrun (training/distributed.py): bsize is the global batch; per_gpu_bsize, when given, made it
+    # per_gpu_bsize x the processes the run started on; sync_bn: SyncBatchNorm across the processes
+    per_gpu_bsize: int | None = None
+    sync_bn: bool = False
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.

@@ -27,16 +27,20 @@ import logging
 import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datasets import ImageFiles, Split, unreadable_image
 from errors import UserError
 from preprocess import Preprocess
+
+# (dataset, batch size, shuffle, generator) -> the batch sampler of a loader
+Batches = Callable[[Dataset, int, bool, "torch.Generator | None"], Sampler]
 
 log = logging.getLogger(__name__)
 # torchvision 0.29 deprecates its decoders for TorchCodec's and warns on every call; if they go,
@@ -227,10 +231,13 @@ def check_device_decode(device: torch.device) -> None:
 
 def device_loader(split: Split, preprocess: Preprocess, device: torch.device, batch_size: int, num_workers: int,
                   train: bool = False, hflip: bool = False, flip_views: bool = False, skip_unreadable: bool = False,
-                  generator: torch.Generator | None = None) -> DeviceDecodeLoader:
-    """A `--decode gpu` loader of `split`: shuffled and flipped (if `hflip`) when `train`, else in order."""
+                  generator: torch.Generator | None = None, batches: Batches | None = None) -> DeviceDecodeLoader:
+    """A `--decode gpu` loader of `split`: shuffled and flipped (if `hflip`) when `train`, else in order.
+    `batches(dataset, batch_size, shuffle, generator)` makes the batch sampler (this process's share under torchrun)."""
     dataset = FileBytesDataset(split, skip_unreadable=skip_unreadable and train, flip=train and hflip,
                                flip_views=train and hflip and flip_views)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, num_workers=num_workers,
+    batching = dict(batch_size=batch_size, shuffle=train) if batches is None else \
+        dict(batch_sampler=batches(dataset, batch_size, train, generator))
+    loader = DataLoader(dataset, **batching, generator=generator, num_workers=num_workers,
                         collate_fn=collate_bytes, persistent_workers=num_workers > 0 and not train)
     return DeviceDecodeLoader(loader, BatchDecoder(preprocess, device))

@@ -79,14 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
                         + "; ".join(f"{name}: {preset.help} ({' '.join(preset.flags)})"
                                     for name, preset in RUN_PRESETS.items()))
     p.add_argument("-l", "--loss", default=_default_loss(), choices=list(LOSSES), help=loss_help)
-    p.add_argument("-g", "--gpu", default="0", help="GPU index, or 'cpu'; runs on the CPU, saying so, when the machine has no CUDA "
-                   "(default: 0)")
+    p.add_argument("-g", "--gpu", default="0", help="GPU index, or 'cpu'; runs on the CPU, saying so, when the machine has no CUDA; "
+                   "under torchrun each process takes the GPU of its LOCAL_RANK and only -g cpu counts (default: 0)")
     p.add_argument("-s", "--seed", type=_seed, default=0, help="PyTorch seed (default: 0)")
     p.add_argument("-m", "--model", choices=sorted(BACKBONES), help="backbone (default: the dataset's, resnet50 for the benchmarks)")
     p.add_argument("--no-pretrained", action="store_true", help="random initialisation instead of ImageNet weights")
     p.add_argument("--pretrained-weights", type=Path, help="local checkpoint (state dict) to initialise the backbone with")
     p.add_argument("--epochs", type=_positive_int, help="training epochs (default: 10)")
-    p.add_argument("--bsize", type=_positive_int, help="batch size (default: per dataset)")
+    p.add_argument("--bsize", type=_positive_int,
+                   help="batch size; under torchrun the global batch, split among the processes (default: per dataset)")
+    p.add_argument("--per-gpu-bsize", type=_positive_int, metavar="N",
+                   help="batch size per process, for recipes that define it so (PU-MLC: 35 per GPU x 2): the global "
+                        "batch is N x the processes torchrun starts; excludes --bsize")
     p.add_argument("--lr", type=_positive_float, help="Adam learning rate (default: per dataset)")
     p.add_argument("--patience", type=_non_negative_int,
                    help="stop after this many epochs without a val mAP gain; 1 is the EM/APL code's rule, "
@@ -98,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset>; digits is built there on first use)")
     p.add_argument("--image-root", type=Path, help="image folder (default: the dataset's, inside --data-dir)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<dataset>_<loss>_s<seed>_<time>); never overwritten")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over the global batch "
+                        "(torch.nn.SyncBatchNorm); no effect in one process")
     p.add_argument("--deterministic", action="store_true",
                    help="use PyTorch's deterministic algorithms (GPU runs: slower, bit-reproducible; CPU runs already are)")
     p.add_argument("--skip-bad-images", action="store_true",

@@ -52,16 +52,21 @@ class RunLog:
     `resumed_epochs`: the epoch records of the checkpoint a resumed run starts
     from; metrics.jsonl is rewritten to exactly those, dropping any epoch logged
     after the checkpoint, so no epoch appears twice. `info` holds run facts
-    (image size, ...) copied into every results.json.
+    (image size, ...) copied into every results.json. `writer=False` (the other ranks of a
+    torchrun run): the same records are kept, nothing is written.
     """
 
-    def __init__(self, out: Path, config: dict, resumed_epochs: list[dict] | None = None):
-        if resumed_epochs is None:
-            claim_run_folder(out, config)
+    def __init__(self, out: Path, config: dict, resumed_epochs: list[dict] | None = None, writer: bool = True):
         self.out = out
         self.config = config
+        self.writer = writer
         self.info: dict = {}
         self.epochs: list[dict] = list(resumed_epochs or [])
+        self._handler = None
+        if not writer:
+            return
+        if resumed_epochs is None:
+            claim_run_folder(out, config)
         if resumed_epochs is not None:
             lines = "".join(json_line(record) + "\n" for record in self.epochs)
             write_text_atomic(out / "metrics.jsonl", lines)
@@ -71,12 +76,16 @@ class RunLog:
 
     def log_epoch(self, record: dict, best: dict, status: str = "running") -> None:
         self.epochs.append(record)
+        if not self.writer:
+            return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json_line(record) + "\n")
         self.write_results(best, status)
 
     def write_results(self, best: dict, status: str, **extra) -> None:
         """`status`: running, completed, or interrupted / diverged (then `reason` says why)."""
+        if not self.writer:
+            return
         # per epoch, not summed: the same unreadable image is skipped again every epoch
         skipped = max((record.get("skipped_images", 0) for record in self.epochs), default=0)
         if self.config.get("report_test_oracle") and self.epochs:
@@ -88,6 +97,8 @@ class RunLog:
         )
 
     def close(self) -> None:
+        if self._handler is None:
+            return
         logging.getLogger().removeHandler(self._handler)
         self._handler.close()
 

@@ -4,7 +4,8 @@
     python main.py              # the embedded digits dataset, prepared on first use
 
 Only wiring: the command line (cli.py) -> one frozen Config -> the training mode
-it names (modes/) -> an exit code.
+it names (modes/) -> an exit code. Under torchrun, each process does this inside the
+run's process group (training/distributed.py).
 """
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ import sys
 from cli import parse_args
 from errors import UserError
 from modes import run
+from training import distributed
 
 log = logging.getLogger("spml")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    # under torchrun the other processes log only errors: the run says everything once
+    level = logging.INFO if distributed.is_main() else logging.ERROR
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     try:
-        run(parse_args(argv))
+        cfg = parse_args(argv)
+        with distributed.process_group(cfg.device):
+            run(cfg)
     except UserError as err:
         log.error(f"error: {err}")
         return 2

@@ -95,7 +95,7 @@ def _pumlc(dataset: str, data_dir: Path, image_root: Path | None, vectors: Path,
     Kept from the authors: ResNet-101 + LGConv + the SSGRL head, the trainable scope,
     frozen BatchNorm, Adam with L2 1e-4, OneCycle sized for 80 epochs and cut off after
     Stop_epoch + 1 epochs, the weight EMA, the 512 -> 448 multi-scale crop, the batch per
-    GPU, no early stopping. Fixed: the model is selected on a val split carved from the
+    GPU (their 2 GPUs: `torchrun --nproc_per_node 2`), no early stopping. Fixed: the model is selected on a val split carved from the
     train images, not on the test set (their number is reported beside it, labelled);
     the test set keeps its last partial batch; a class without an observed positive
     does not poison the graph.
@@ -105,7 +105,7 @@ def _pumlc(dataset: str, data_dir: Path, image_root: Path | None, vectors: Path,
             "-m", "resnet101", "--lgconv", "--head", "ssgrl", "--word-vectors", str(vectors),
             "--train-scope", "layer4-head", "--freeze-bn", "--weight-decay", "1e-4", "--sched", "onecycle",
             "--sched-epochs", "80", "--epochs", str(epochs), "--patience", "0", "--ema", str(ema),
-            "--lr", str(lr), "--bsize", str(2 * per_gpu_bsize), "--pu-alpha", str(pu_alpha), "--pu-gamma", str(pu_gamma),
+            "--lr", str(lr), "--per-gpu-bsize", str(per_gpu_bsize), "--pu-alpha", str(pu_alpha), "--pu-gamma", str(pu_gamma),
             "--scale-size", "512", "--crop-size", "448", "--num-workers", "8", "--report-test-oracle")
 
 

@@ -77,6 +77,9 @@ class SPMLLoss(nn.Module):
     needs_clip_scores = False  # frozen-CLIP cosines of the train images (VLPL)
     # linear_init fine-tunes with the state the linear phase ended with (ROLE's label estimates)
     carries_state_across_phases = False
+    # Boolean buffers indexed by example whose rows a training batch sets (LL-Cp's corrections): under
+    # torchrun each rank sets the rows of its batches, and the ranks' updates are merged after each epoch.
+    rows_set_by_batches: tuple[str, ...] = ()
 
     def attach_train_labels(self, targets: torch.Tensor) -> None:
         """Called once before training with the (N_train, C) training targets, row = example index."""

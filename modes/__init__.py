@@ -10,14 +10,19 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 from config import Config
 from modes.search import run_search
 from modes.single import run_single
+from training.distributed import same_as_main
 from training.trainer import restart_if_unstarted
 
 
 def run(cfg: Config) -> dict:
     """One run, or with --search one run per grid point."""
+    # under torchrun each process named the default --out after its own clock: rank 0's name for all
+    cfg = dataclasses.replace(cfg, out=same_as_main(cfg.out))
     cfg = restart_if_unstarted(cfg, cfg.out)
     if cfg.search:
         return run_search(cfg)

@@ -21,6 +21,7 @@ from models import MultiLabelModel, create_backbone
 from modes.setup import build_loss, image_views, make_loaders
 from preproc.generate_observed_labels import label_protocol
 from training.checkpoint import load_checkpoint
+from training.distributed import is_main
 from training.engine import evaluate
 from training.speed import StepOptions, prepare_model
 from training.trainer import train_and_record
@@ -74,8 +75,9 @@ def evaluate_checkpoint(cfg: Config) -> dict:
     prepare_model(model, options)
     scores = {split: evaluate(model, loaders[split], device, cfg.threshold, split, options) for split in ("val", "test")}
     out = cfg.eval_only.parent / f"eval_{cfg.eval_only.stem}.json"
-    write_json_atomic(out, {"checkpoint": str(cfg.eval_only), "epoch": ckpt["train_state"]["epoch"],
-                            "config": cfg.to_dict(), **scores})
+    if is_main():
+        write_json_atomic(out, {"checkpoint": str(cfg.eval_only), "epoch": ckpt["train_state"]["epoch"],
+                                "config": cfg.to_dict(), **scores})
     log.info(f"{cfg.eval_only} (epoch {ckpt['train_state']['epoch']}): val mAP {scores['val']['map']:.2f}, "
              f"test mAP {scores['test']['map']:.2f} -> {out}")
     return scores

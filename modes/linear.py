@@ -30,13 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    SequentialSampler,
-)
+from torch.utils.data import DataLoader, Dataset
 
 from config import Config
 from datasets import SPLIT_SEED, VAL_FRAC, DatasetSplits, generate_split, load_splits
@@ -48,6 +42,7 @@ from methods.base import SPMLLoss
 from models import Backbone, create_backbone
 from modes.end_to_end import train_end_to_end
 from modes.setup import build_loss
+from training.distributed import batch_sampler, is_main
 from training.trainer import resumed_phase, train_and_record
 
 log = logging.getLogger(__name__)
@@ -104,9 +99,10 @@ class FeatureDataset(Dataset):
 def _batches(dataset: FeatureDataset, bsize: int, shuffle: bool, seed: int) -> DataLoader:
     # Whole batches by one tensor gather: per-row collation costs more than the linear layer itself.
     # The shuffle generator is also the loader's, where the checkpoint saves and restores it (trainer.py).
+    # Under torchrun, this process's share of the batches (training/distributed.py).
     generator = torch.Generator().manual_seed(seed)
-    rows = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, sampler=BatchSampler(rows, bsize, drop_last=False), batch_size=None, generator=generator)
+    return DataLoader(dataset, sampler=batch_sampler(dataset, bsize, shuffle, generator), batch_size=None,
+                      generator=generator)
 
 
 def feature_loaders(cfg: Config) -> tuple[dict[str, DataLoader], int, DatasetSplits]:
@@ -164,7 +160,7 @@ def run_linear_mode(cfg: Config) -> dict:
         with single_thread_on_cpu(device):
             return train_and_record(cfg, cfg.out, classifier, loss_fn, loaders, linear_epochs).summary()
 
-    if not cfg.resume:
+    if not cfg.resume and is_main():
         claim_run_folder(cfg.out, cfg.to_dict())  # what --resume reads
     # the linear phase trains every epoch and keeps the best, as Cole et al.'s
     linear_cfg, linear = resumed_phase(dataclasses.replace(cfg, patience=0), cfg.out / "linear", loss_fn)
@@ -186,5 +182,6 @@ def run_linear_mode(cfg: Config) -> dict:
         log.info(f"linear_init: fine-tuning end to end from the linear phase's epoch {linear.best_epoch}")
         summary = train_end_to_end(fine_tune_cfg, cfg.out / "fine_tune", init=init)
     result = {**summary, "linear_phase": linear.summary()}
-    write_json_atomic(cfg.out / "results.json", {"config": cfg.to_dict(), "status": "completed", **result})
+    if is_main():
+        write_json_atomic(cfg.out / "results.json", {"config": cfg.to_dict(), "status": "completed", **result})
     return result

@@ -21,6 +21,7 @@ from errors import UserError
 from fileio import write_json_atomic
 from instrumentation import claim_run_folder, run_results
 from modes.single import run_single
+from training.distributed import is_main
 from training.engine import NonFiniteLoss
 from training.trainer import restart_if_unstarted
 
@@ -51,7 +52,7 @@ def _finished(out) -> tuple[dict, str] | None:
 
 def run_search(cfg: Config) -> dict:
     """One run on every grid point; returns the best row plus the whole grid."""
-    if not cfg.resume:
+    if not cfg.resume and is_main():
         claim_run_folder(cfg.out, cfg.to_dict())  # what --resume reads
     rows: list[dict] = []
     for lr in cfg.search_lrs:
@@ -69,12 +70,14 @@ def run_search(cfg: Config) -> dict:
                     log.warning(f"search: lr {lr:g}, batch {bsize} diverged: {err}")
                     summary, status = DIVERGED, "diverged"
             rows.append({"lr": lr, "bsize": bsize, "status": status, "out": str(point.out), **summary})
-            write_json_atomic(cfg.out / "search.json", {"config": cfg.to_dict(), "rows": rows, "best": None})
+            if is_main():
+                write_json_atomic(cfg.out / "search.json", {"config": cfg.to_dict(), "rows": rows, "best": None})
     finished = [row for row in rows if row["status"] == "completed"]
     if not finished:
         raise UserError(f"every run of the search diverged (see {cfg.out}); lower the learning rates of --search-lrs")
     best = max(finished, key=lambda row: row["best_val_map"])
-    write_json_atomic(cfg.out / "search.json", {"config": cfg.to_dict(), "rows": rows, "best": best})
+    if is_main():
+        write_json_atomic(cfg.out / "search.json", {"config": cfg.to_dict(), "rows": rows, "best": best})
     log.info("search results (selected by val mAP):\n" + grid_table(rows, best))
     log.info(f"search: best lr {best['lr']:g}, batch {best['bsize']}: val mAP {best['best_val_map']:.2f}, "
              f"test mAP {best['test_map']:.2f}")

@@ -24,6 +24,7 @@ from methods.vlpl.towers import ClipSpec
 from models import MultiLabelModel
 from presets import preset_of
 from training.checkpoint import seed_all
+from training.distributed import batch_sampler, main_first
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,10 @@ def build_loss(cfg: Config, train: Split, num_classes: int, device: torch.device
     loss_fn.attach_train_labels(torch.from_numpy(train.labels))
     if loss_fn.needs_clip_scores:  # frozen-CLIP pseudo-labels: scored once (cached), before the first step
         names = load_class_names(cfg.dataset, cfg.data_dir, num_classes)
-        cosines = train_similarities(cfg.dataset, cfg.data_dir, train.images, names,
-                                     ClipSpec(cfg.clip_model, cfg.clip_weights), views, device,
-                                     cfg.text_features, cfg.prompt_template, cfg.num_workers)
+        with main_first():  # under torchrun rank 0 scores and caches them, the others read the cache
+            cosines = train_similarities(cfg.dataset, cfg.data_dir, train.images, names,
+                                         ClipSpec(cfg.clip_model, cfg.clip_weights), views, device,
+                                         cfg.text_features, cfg.prompt_template, cfg.num_workers)
         loss_fn.set_clip_cosines(cosines)
     return loss_fn
 
@@ -79,20 +81,24 @@ def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
         return _device_decode_loaders(cfg, splits, model, hflip, flip_views)
     train_tf = model.preprocess.transform(train=True, hflip=hflip and not flip_views)
     eval_tf = model.preprocess.transform(train=False, hflip=False)
-    common = dict(batch_size=cfg.bsize, num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu",
-                  persistent_workers=cfg.num_workers > 0)
+    common = dict(num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu", persistent_workers=cfg.num_workers > 0)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     train_set = ImageDataset(splits.train, train_tf, skip_unreadable=cfg.skip_bad_images, flip_views=flip_views and hflip)
     # Fresh train workers each epoch, seeded from shuffle_gen: with the generator's
     # state in last.pt, a resumed epoch sees the same order and augmentations.
     train_common = {**common, "persistent_workers": False}
+
+    def in_order(split: Split) -> DataLoader:  # never drops the last partial batch (a trap of the references)
+        dataset = ImageDataset(split, eval_tf)
+        return DataLoader(dataset, batch_sampler=batch_sampler(dataset, cfg.bsize, shuffle=False), **common)
+
     return {
-        "train": DataLoader(train_set, shuffle=True, generator=shuffle_gen, collate_fn=collate_skipping, **train_common),
+        "train": DataLoader(train_set, batch_sampler=batch_sampler(train_set, cfg.bsize, True, shuffle_gen),
+                            generator=shuffle_gen, collate_fn=collate_skipping, **train_common),
         # the train images in order, without augmentation: for pseudo-labelling passes
-        "train_eval": DataLoader(ImageDataset(splits.train, eval_tf), shuffle=False, **common),
-        # never drop the last partial batch at evaluation (a trap of the references)
-        "val": DataLoader(ImageDataset(splits.val, eval_tf), shuffle=False, **common),
-        "test": DataLoader(ImageDataset(splits.test, eval_tf), shuffle=False, **common),
+        "train_eval": in_order(splits.train),
+        "val": in_order(splits.val),
+        "test": in_order(splits.test),
     }
 
 
@@ -101,7 +107,8 @@ def _device_decode_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabel
     """--decode gpu: the same four loaders, decoding on the run's device (device_decode.py)."""
     device = torch.device(cfg.device)
     check_device_decode(device)
-    common = dict(preprocess=model.preprocess, device=device, batch_size=cfg.bsize, num_workers=cfg.num_workers)
+    common = dict(preprocess=model.preprocess, device=device, batch_size=cfg.bsize, num_workers=cfg.num_workers,
+                  batches=batch_sampler)
     return {
         "train": device_loader(splits.train, train=True, hflip=hflip, flip_views=flip_views,
                                skip_unreadable=cfg.skip_bad_images, generator=torch.Generator().manual_seed(cfg.seed),

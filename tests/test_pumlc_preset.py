@@ -31,12 +31,16 @@ def test_the_voc2007_preset_is_the_authors_command(known_ratio_digits, tmp_path)
     assert (cfg.dataset, cfg.loss, cfg.model, cfg.lgconv, cfg.head, cfg.train_scope, cfg.freeze_bn) == \
         ("voc2007", "PU", "resnet101", True, "ssgrl", "layer4-head", True)
     assert (cfg.weight_decay, cfg.sched, cfg.sched_epochs, cfg.epochs, cfg.patience, cfg.ema, cfg.lr, cfg.bsize) == \
-        (1e-4, "onecycle", 80, 56, 0, 0.991, 4e-5, 90)
+        (1e-4, "onecycle", 80, 56, 0, 0.991, 4e-5, 45)
+    assert cfg.per_gpu_bsize == 45  # the authors' batch per GPU; 90 on their two (torchrun --nproc_per_node 2)
     assert (cfg.hyper.pu_alpha, cfg.hyper.pu_gamma, cfg.scale_size, cfg.crop_size) == (2.0, 0.85, 512, 448)
     assert (cfg.preset, cfg.report_test_oracle) == ("pumlc-voc2007", True)
     mine = parse_args(["--preset", "pumlc-voc2007", "-g", "cpu", "--data-dir", str(known_ratio_digits), "--epochs", "3",
                        "--word-vectors", str(known_ratio_digits / "vectors.npy"), "--out", str(tmp_path / "b")])
     assert mine.epochs == 3 and mine.sched_epochs == 80  # a flag given beside the preset wins
+    batch = parse_args(["--preset", "pumlc-voc2007", "-g", "cpu", "--data-dir", str(known_ratio_digits), "--bsize=16",
+                        "--word-vectors", str(known_ratio_digits / "vectors.npy"), "--out", str(tmp_path / "c")])
+    assert (batch.bsize, batch.per_gpu_bsize) == (16, None)  # --bsize replaces the preset's --per-gpu-bsize
 
 
 def test_a_preset_refuses_single_positive_labels(small_digits, tmp_path):

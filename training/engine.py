@@ -17,6 +17,7 @@ from errors import UserError
 from instrumentation import RunLog, epoch_line
 from methods.base import SPMLLoss
 from metrics import compute_metrics
+from training import distributed
 from training.speed import StepOptions
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,10 @@ class _Progress:
 def _read_losses(window: list[torch.Tensor], steps: list[int], names: list[str], totals: dict[str, float],
                  epoch: int) -> None:
     """One host sync for the window's steps: adds each step's terms to `totals` in step order
-    (the same float sums as reading every step) and stops at the first non-finite loss."""
-    for step, values in zip(steps, torch.stack(window).tolist()):
+    (the same float sums as reading every step) and stops at the first non-finite loss.
+    Under torchrun the ranks' weighted losses are averaged first: the global batches' losses,
+    and a non-finite loss on any rank stops every rank at the same step."""
+    for step, values in zip(steps, distributed.mean_over_ranks(torch.stack(window)).tolist()):
         value, terms = values[0], values[1:]
         if not math.isfinite(value):
             raise NonFiniteLoss(f"non-finite loss ({value}) at epoch {epoch}, step {step}; "
@@ -100,14 +103,18 @@ def _read_losses(window: list[torch.Tensor], steps: list[int], names: list[str],
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, options: StepOptions = StepOptions(),
                     after_step: Callable[[], None] | None = None) -> dict:
-    """One pass over `loader`; `after_step()` runs after every optimiser step (lr schedule, weight EMA)."""
+    """One pass over `loader`; `after_step()` runs after every optimiser step (lr schedule, weight EMA).
+
+    Under torchrun `model` is the DistributedDataParallel wrapper and `loader` gives this rank's part
+    of each global batch; its loss is weighted by its share (distributed.step_weights)."""
     model.train()
+    weights = distributed.step_weights(loader)
     totals: dict[str, float] = {}
     seen = 0
     window: list[torch.Tensor] = []  # (1 + terms) losses of the steps not yet read
     window_steps: list[int] = []
     names: list[str] = []
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=distributed.bar_disabled())
     progress = _Progress(bar, epoch, len(loader))
     for step, (images, targets, index) in enumerate(bar, start=1):
         seen += len(index)
@@ -123,8 +130,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
         # the loss in fp32 whatever the forward's precision
         terms = {**loss_fn(logits.float(), targets, index), **extra}
         loss = sum(terms.values())
+        if weights is not None:
+            terms = {name: term * weights[step - 1] for name, term in terms.items()}
+            loss = loss * weights[step - 1]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(loss_fn.parameters())
         optimizer.step()
         if after_step is not None:
             after_step()
@@ -141,21 +152,24 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
         _read_losses(window, window_steps, names, totals, epoch)
     steps = max(len(loader), 1)
     out = {name: total / steps for name, total in totals.items()}
-    out["skipped_images"] = len(loader.dataset) - seen
+    out["skipped_images"] = len(loader.dataset) - distributed.sum_over_ranks(seen, device)
     return out
 
 
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "scoring",
             options: StepOptions = StepOptions()) -> torch.Tensor:
-    """Sigmoid scores (N, C) of every example of `loader`, in order, in eval mode (on `device`), in fp32."""
+    """Sigmoid scores (N, C) of every example of `loader`, in order, in eval mode (on `device`), in fp32.
+
+    Under torchrun each rank scores its slice of the split (distributed.shard_rows) and every rank
+    gets all the scores, so that what is computed from them (metrics, pseudo-labels) is the same."""
     model.eval()
     with torch.inference_mode():
         scores = []
-        for images, _, _ in tqdm(loader, desc=desc, leave=False, disable=None):
+        for images, _, _ in tqdm(loader, desc=desc, leave=False, disable=distributed.bar_disabled()):
             with options.autocast(device):
                 logits = model(options.images_to(images, device))
             scores.append(torch.sigmoid(logits.float()))
-        scores = torch.cat(scores)
+        scores = distributed.gather_rows(torch.cat(scores))
     # A normal tensor, not an inference tensor: pseudo-labelling (APL) uses the scores in autograd.
     return scores.clone()
 
@@ -166,25 +180,38 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, thresho
     return compute_metrics(scores, loader.dataset.labels.numpy(), threshold)
 
 
+def _agree_after_epoch(model: nn.Module, ema_model: nn.Module | None, loss_fn: SPMLLoss) -> None:
+    """Under torchrun, what the ranks may hold differently after an epoch becomes the same everywhere
+    (the parameters already are): rank 0's buffers, the union of the loss's per-batch row updates."""
+    distributed.broadcast_buffers(model)
+    if ema_model is not None:
+        distributed.broadcast_buffers(ema_model)
+    for name in loss_fn.rows_set_by_batches:
+        distributed.merge_rows(getattr(loss_fn, name))
+
+
 def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, loaders: dict[str, DataLoader],
         device: torch.device, epochs: int, patience: int, threshold: float, run: RunLog,
         state: TrainState | None = None, on_epoch_end: Callable[[TrainState, bool], None] | None = None,
         options: StepOptions = StepOptions(), after_step: Callable[[], None] | None = None,
-        ema_model: nn.Module | None = None) -> TrainState:
+        ema_model: nn.Module | None = None, train_model: nn.Module | None = None) -> TrainState:
     """Train, validate and test each epoch; keep the best-val weights; stop after `patience` epochs without gain.
 
     A resumed run passes its restored `state` and continues after `state.epoch`;
     `on_epoch_end(state, improved)` runs after each epoch is logged (checkpoints);
     `after_step()` after every optimiser step. With `ema_model` (the weight EMA) both
     the regular and the EMA weights are scored each epoch, both are logged, and the
-    better of the two on val is the epoch's score (never chosen on test).
+    better of the two on val is the epoch's score (never chosen on test). `train_model` is what
+    the training steps call (torchrun: the DistributedDataParallel wrapper of `model`).
     """
     state = state if state is not None else TrainState()
     score_train = lambda: predict(model, loaders["train_eval"], device, "scoring train set", options)  # noqa: E731
     for epoch in range(state.epoch + 1, epochs + 1):
         started = time.perf_counter()
         loss_fn.start_epoch(epoch, score_train)
-        train = train_one_epoch(model, loaders["train"], loss_fn, optimizer, device, epoch, options, after_step)
+        train = train_one_epoch(train_model or model, loaders["train"], loss_fn, optimizer, device, epoch, options,
+                                after_step)
+        _agree_after_epoch(model, ema_model, loss_fn)
         val = evaluate(model, loaders["val"], device, threshold, "val", options)
         test = evaluate(model, loaders["test"], device, threshold, "test", options)
         record = {"epoch": epoch, "train_loss": train.pop("loss"), "skipped_images": train.pop("skipped_images"),

@@ -27,6 +27,7 @@ from config import Config, LossHyper
 from errors import UserError
 from instrumentation import RUN_FILES, RunLog, run_status, test_oracle
 from methods.base import SPMLLoss
+from training import distributed
 from training.checkpoint import (
     BEST,
     LAST,
@@ -94,11 +95,13 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     device = torch.device(cfg.device)
     options = StepOptions.from_config(cfg)
     prepare_model(model, options, cfg.compile)
-    if cfg.freeze_bn:
-        log.info(f"--freeze-bn: {freeze_batchnorm(model)} BatchNorm layers run in eval mode")
+    # before DDP, which registers the parameters that need gradients once, at wrapping
     trainable, total = restrict_training(model, cfg.train_scope)
     if cfg.train_scope != "all":
         log.info(f"--train-scope {cfg.train_scope}: {trainable:,} of {total:,} parameters train")
+    train_model = distributed.wrap(model, device, cfg.sync_bn)  # before --freeze-bn's hooks: SyncBN replaces modules
+    if cfg.freeze_bn:
+        log.info(f"--freeze-bn: {freeze_batchnorm(model)} BatchNorm layers run in eval mode")
     optimizer = build_optimizer([*model_param_groups(model, cfg.lr, cfg.classifier_lr_mult),
                                  *loss_fn.param_groups(cfg.lr)], cfg.lr, cfg.weight_decay)
     scheduler = build_scheduler(cfg.sched, optimizer, len(loaders["train"]), cfg.sched_epochs)
@@ -112,8 +115,11 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
 
     ckpt = _checkpoint_of(cfg, out)
     state = _train_state(out, ckpt)
-    run_log = RunLog(out, cfg.to_dict(), ckpt["epochs"] if ckpt else None)
+    here = distributed.world()
+    run_log = RunLog(out, cfg.to_dict(), ckpt["epochs"] if ckpt else None, writer=here.is_main)
     run_log.info.update(info or {}, phase_epochs=epochs, parameters={"trainable": trainable, "total": total})
+    if here.distributed:  # --bsize is the global batch; what each process took of it
+        run_log.info.update(world_size=here.size, bsize_global=cfg.bsize, bsize_per_process=cfg.bsize // here.size)
     train_gen = loaders["train"].generator
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -126,6 +132,8 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
         restore_rng_state(ckpt["rng"], train_gen)  # last: model building above drew from the RNGs
 
     def save_checkpoints(state: TrainState, improved: bool) -> None:
+        if not here.is_main:  # one writer; every rank holds the same weights and state
+            return
         meta = {"train_state": {k: v for k, v in vars(state).items() if k != "best_weights"}, "config": cfg.to_dict()}
         if improved:  # before last.pt: if killed in between, the resumed run redoes this epoch and best.pt
             # with --ema the best may be the EMA weights: the copy the state kept
@@ -139,21 +147,25 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     try:
         log.info(f"{cfg.dataset} ({len(loaders['train'].dataset)} train / {len(loaders['val'].dataset)} val / "
                  f"{len(loaders['test'].dataset)} test), loss {cfg.loss}, model {cfg.model}, device {device}, "
-                 f"{epochs} epochs, batch {cfg.bsize}, lr {cfg.lr:g} -> {out} (every setting: config.json)")
+                 f"{epochs} epochs, batch {cfg.bsize}{_per_process(here, cfg.bsize)}, lr {cfg.lr:g} -> {out} "
+                 f"(every setting: config.json)")
         if ckpt is not None:
             log.info(f"resuming {out} after epoch {state.epoch}")
         try:
             state = fit(model, loss_fn, optimizer, loaders, device, epochs, cfg.patience, cfg.threshold, run_log,
                         state=state, on_epoch_end=save_checkpoints, options=options,
                         after_step=after_step if scheduler is not None or ema is not None else None,
-                        ema_model=ema.module if ema is not None else None)
+                        ema_model=ema.module if ema is not None else None, train_model=train_model)
         except (NonFiniteLoss, KeyboardInterrupt) as err:
             # Nothing of the unfinished epoch is kept: last.pt and best.pt stay as the last completed epoch left them.
             status, reason = ("diverged", str(err)) if isinstance(err, NonFiniteLoss) else \
                 ("interrupted", "interrupted by the user (Ctrl-C)")
             run_log.write_results(state.summary(), status, reason=reason, last_completed_epoch=state.epoch)
             # A diverged run resumed would replay the same steps: the way on is a new run (lower --lr).
-            resume = f"`python main.py --resume {cfg.out}`"
+            # under torchrun: the same torchrun command with main.py --resume
+            resume = f"`{'torchrun ... ' if here.distributed else 'python '}main.py --resume {cfg.out}`"
+            if not here.is_main:  # rank 0 says it
+                raise
             if state.epoch == 0:
                 then = "" if status == "diverged" else f"; {resume} starts it again"
                 log.error(f"stopped during epoch 1: no epoch completed, no checkpoint written; results.json is "
@@ -191,7 +203,17 @@ def _deterministic_error(err: Exception, device: torch.device) -> UserError | No
                      f"drop --deterministic or use another --model")
 
 
+def _per_process(here: distributed.World, bsize: int) -> str:
+    return f" ({bsize // here.size} per process x {here.size})" if here.distributed else ""
+
+
 def restart_if_unstarted(cfg: Config, out: Path) -> Config:
+    """See `_restart_if_unstarted`; under torchrun rank 0 cleans the folder, the others then find it clean."""
+    with distributed.main_first():
+        return _restart_if_unstarted(cfg, out)
+
+
+def _restart_if_unstarted(cfg: Config, out: Path) -> Config:
     """Under --resume, a run or phase killed before its first epoch ended holds no checkpoint and
     no finished epoch, only the files its run log writes (no training to lose): they are removed
     and the config comes back with resume off, so it starts afresh. A folder holding anything
