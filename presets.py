@@ -46,9 +46,9 @@ PRESETS: dict[str, DatasetPreset] = {
         DatasetPreset("pascal", 20, "VOCdevkit/VOC2012/JPEGImages", 8, 1e-5, 0.2, 0.02, 5, 1.5),
         # PU-MLC's VOC 2007 (Yuan et al. 2024). No single-positive hyperparameters are published
         # for it, so batch, lr, alpha, beta and warm-up are pascal's (Zhou et al., VOC 2012).
-        # Expected positives: 7,306 positive labels over the 5,011 trainval images (difficult
-        # objects skipped), the per-class image counts that the authors' co-occurrence matrix
-        # data/voc_devkit/VOC2007/prob_trainval.npy implies (its P(j|i) / P(i|j) ratios).
+        # Expected positives: 7,306 positive labels over the 5,011 trainval images, the sum of the
+        # VOC 2007 devkit's per-class trainval image counts (difficult objects excluded), which the
+        # authors' co-occurrence matrix data/voc_devkit/VOC2007/prob_trainval.npy agrees with.
         DatasetPreset("voc2007", 20, "VOCdevkit/VOC2007/JPEGImages", 8, 1e-5, 0.2, 0.02, 5, 1.46),
         DatasetPreset("coco", 80, ".", 16, 1e-5, 0.1, 0.9, 5, 2.9),
         DatasetPreset("nuswide", 81, "Flickr", 16, 1e-5, 0.1, 0.2, 4, 1.9),
@@ -95,10 +95,10 @@ def _pumlc(dataset: str, data_dir: Path, image_root: Path | None, vectors: Path,
     Kept from the authors: ResNet-101 + LGConv + the SSGRL head, the trainable scope,
     frozen BatchNorm, Adam with L2 1e-4, OneCycle sized for 80 epochs and cut off after
     Stop_epoch + 1 epochs, the weight EMA, the 512 -> 448 multi-scale crop, the batch per
-    GPU (their 2 GPUs: `torchrun --nproc_per_node 2`), no early stopping. Fixed: the model is selected on a val split carved from the
-    train images, not on the test set (their number is reported beside it, labelled);
-    the test set keeps its last partial batch; a class without an observed positive
-    does not poison the graph.
+    GPU (their 2 GPUs: `torchrun --nproc_per_node 2`), no early stopping. Fixed: the
+    model is selected on a val split carved from the train images, not on the test set
+    (their number is reported beside it, labelled); the test set keeps its last partial
+    batch; a class without an observed positive does not poison the graph.
     """
     images = ("--image-root", str(image_root)) if image_root is not None else ()
     return ("-d", dataset, "--data-dir", str(data_dir), *images, "-l", "PU",
