@@ -134,6 +134,16 @@ class Config:
         return cls(**{**values, **changes})
 
 
+def with_defaults(saved: dict) -> dict:
+    """A saved config (config.json, a checkpoint) with every setting it predates at its default:
+    the behaviour the run had (each new setting defaults to the behaviour before it existed)."""
+    filled = {f.name: f.default for f in dataclasses.fields(Config)
+              if f.default is not dataclasses.MISSING and f.name not in _INVOCATION_FIELDS} | saved
+    if isinstance(saved.get("hyper"), dict):
+        filled["hyper"] = dataclasses.asdict(LossHyper()) | saved["hyper"]
+    return filled
+
+
 _INVOCATION_FIELDS = {"resume", "eval_only"}
 _PATH_FIELDS = {"data_dir", "image_root", "out", "pretrained_weights", "clip_weights", "text_features", "train_features",
                 "test_features", "word_vectors"}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the repo's modules
 
+from config import with_defaults  # noqa: E402
 from errors import UserError  # noqa: E402
 from fileio import read_json, write_text_atomic  # noqa: E402
 
@@ -83,8 +84,10 @@ def protocol(results: dict) -> dict:
 
 
 def _comparable(results: dict) -> dict:
-    # the label protocol in full (its sampling seed too): runs on other observed labels are never pooled
-    return {**{k: v for k, v in results["config"].items() if k not in POOLABLE}, **protocol(results),
+    # A run older than a setting ran with its default: it pools with newer runs at that default.
+    # The label protocol in full (its sampling seed too): runs on other observed labels are never pooled.
+    config = with_defaults(results["config"])
+    return {**{k: v for k, v in config.items() if k not in POOLABLE}, **protocol(results),
             "label_protocol": results.get("label_protocol")}
 
 

@@ -66,6 +66,15 @@ def test_summary_keeps_different_protocols_apart(tmp_path, capsys, change, field
     assert any(f"{field}={shown}" in row and "1 (1) | 70.00 (1 seed)" in row for row in rows)
 
 
+def test_summary_pools_a_run_older_than_a_setting_with_runs_at_its_default(tmp_path, capsys):
+    fake_run(tmp_path / "old" / "seed1", 1, 88.0)  # written before --sync-bn existed
+    fake_run(tmp_path / "new" / "seed2", 2, 89.0, sync_bn=False)
+    fake_run(tmp_path / "other" / "seed3", 3, 70.0, sync_bn=True)
+    assert summarize.main([str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| pascal | EM |")]
+    assert len(rows) == 2 and any("2 (1 2) | 88.50" in row for row in rows)
+
+
 def test_summary_never_pools_label_protocols(tmp_path, capsys):
     """Single-positive and known-ratio (PU-MLC) runs: one row each, even with the rest of the config equal."""
     fake_run(tmp_path / "sp" / "seed1", 1, 88.0)

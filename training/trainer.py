@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from config import Config, LossHyper
+from config import Config, with_defaults
 from errors import UserError
 from instrumentation import RUN_FILES, RunLog, run_status, test_oracle
 from methods.base import SPMLLoss
@@ -64,10 +64,7 @@ def _checkpoint_of(cfg: Config, out: Path) -> dict | None:
     if not (out / LAST).is_file():
         raise UserError(f"--resume {out}: no {LAST} there; that folder does not hold a run of this configuration")
     ckpt = load_checkpoint(out / LAST)
-    # A checkpoint written before a setting existed ran with its default (e.g. --decode pil): fill those in.
-    saved = {f.name: f.default for f in dataclasses.fields(Config) if f.name not in ckpt["config"]
-             and f.default is not dataclasses.MISSING and f.name in cfg.to_dict()} | ckpt["config"]
-    saved["hyper"] = dataclasses.asdict(LossHyper(**saved["hyper"]))  # the same for loss settings
+    saved = with_defaults(ckpt["config"])  # a checkpoint older than a setting ran with its default
     if saved != cfg.to_dict() | {k: ckpt["config"].get(k) for k in ("device", "num_workers", "out")}:
         raise UserError(f"{out / LAST} was written with another configuration than {out / 'config.json'}")
     return ckpt
