@@ -188,8 +188,9 @@ def _with_preset(argv: list[str] | None) -> list[str]:
     if name is None:
         return argv
     flags = list(RUN_PRESETS[name].flags)
+    # the two batch flags exclude each other: the user's choice stands
     for mine, theirs in (("--bsize", "--per-gpu-bsize"), ("--per-gpu-bsize", "--bsize")):
-        if any(arg == mine or arg.startswith(mine + "=") for arg in argv) and theirs in flags:  # the two batch flags exclude each other: the user's choice stands
+        if any(arg == mine or arg.startswith(mine + "=") for arg in argv) and theirs in flags:
             del flags[flags.index(theirs):flags.index(theirs) + 2]
     log.info(f"--preset {name}: {' '.join(flags)}")
     return [*flags, *argv]

@@ -62,6 +62,7 @@ def count_mismatch(dataset: str, variant: str, num_train: int, num_test: int) ->
         candidates = known if variant.startswith("unknown") else {}
     if not candidates or (num_train, num_test) in candidates.values():
         return None
-    expected = " or ".join(f"{train:,} train / {test:,} test images ({name})" for name, (train, test) in candidates.items())
+    expected = " or ".join(f"{train:,} train / {test:,} test images ({name})"
+                           for name, (train, test) in candidates.items())
     return (f"{dataset} should have {expected}, found {num_train:,} / {num_test:,}: a partial download or a "
             f"different release; results will not be comparable to the papers")
