@@ -108,6 +108,8 @@ def load_runs(paths: list[Path]) -> list[dict]:
 def _setting(protocol: dict, others: list[dict]) -> str:
     """What sets this protocol apart from the others of its dataset x loss ("-" when it is alone)."""
     differ = sorted(k for k in protocol if any(other.get(k) != protocol[k] for other in others))
+    if "labels" in differ and "label_protocol" in differ:  # the labels column says it; the full record only adds noise
+        differ.remove("label_protocol")
     return ", ".join(f"{k}={json.dumps(protocol[k])}" for k in differ) or "-"
 
 
