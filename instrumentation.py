@@ -109,9 +109,12 @@ def test_oracle(epochs: list[dict]) -> dict:
     Chosen on the test set, so it is an optimistic bound, not a result; results.json keeps it
     apart from the val-selected `test_map`.
     """
-    best = max(epochs, key=lambda r: max(r["test_map"], r.get("ema_test_map", -math.inf)))
+    def score(record: dict) -> float:
+        return max(record["test_map"], record.get("ema_test_map", -math.inf))
+
+    best = max(epochs, key=score)
     weights = "ema" if best.get("ema_test_map", -math.inf) > best["test_map"] else "regular"
-    return {"map": best[f"{'ema_' if weights == 'ema' else ''}test_map"], "epoch": best["epoch"], "weights": weights,
+    return {"map": score(best), "epoch": best["epoch"], "weights": weights,
             "note": "best epoch and weights chosen on the test set, as PU-MLC's code reports; not a model selection"}
 
 
