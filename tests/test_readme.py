@@ -1,4 +1,4 @@
-"""Every command the README shows is valid as written: the digits ones run, the others parse."""
+"""Every command the README and the pages of docs/ show is valid as written: the digits ones run, the others parse."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,12 +14,14 @@ from main import main
 from presets import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
+# the README and every page of docs/: their commands are checked alike
+PAGES = "\n".join([README, *(p.read_text() for p in sorted((REPO_ROOT / "docs").glob("*.md")))])
 PLACEHOLDER = re.compile(r"[A-Z]{3,}|<|\[|\$")  # DATASET, <out>, [--flag ...], $loss: a template, not a command
 
 
 def commands(program: str) -> list[list[str]]:
     found = []
-    for line in README.splitlines():
+    for line in PAGES.splitlines():
         for match in re.finditer(re.escape(program) + r"(?P<args>[^`#\n]*)", line):
             args = match.group("args").strip().rstrip(".,;:")
             if not PLACEHOLDER.search(args) and "&&" not in args:
@@ -68,7 +70,7 @@ def test_python_m_modules_exist(module):
 def test_help_and_readme_cite_papers_not_internal_documents(capsys):
     assert main(["-h"]) == 0
     help_text = capsys.readouterr().out
-    for text in (README, help_text):
+    for text in (PAGES, help_text):
         assert "SPEC" not in text
     iu_help = help_text[help_text.index("iu:"):help_text.index("pr:")]
     assert "--num-neg" not in iu_help  # a flag of preproc.generate_observed_labels, not of main.py
