@@ -212,3 +212,34 @@ def test_resume_of_a_run_cut_before_its_first_epoch_starts_it_again(small_digits
     assert main(["--resume", str(out), "-g", "cpu"]) == 2
     assert "records finished epochs but no checkpoint is left" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["status"] == "completed"
+
+
+def _train_orders(loader, epochs: int = 2) -> list[list[int]]:
+    return [[i for batch in loader for i in batch[2].tolist()] for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("decode", ["pil", "gpu"])
+def test_the_seed_sets_the_batch_order(small_digits, tmp_path, decode):
+    """The same -s gives the same train order every run; another -s another order; each epoch re-draws it."""
+    from modes.end_to_end import _splits_and_model
+    from modes.setup import make_loaders
+
+    def orders(seed: int) -> list[list[int]]:
+        cfg = parse_args(["-g", "cpu", "-s", str(seed), "--decode", decode, "--data-dir", str(small_digits),
+                          "--out", str(tmp_path / f"s{seed}")])
+        splits, model = _splits_and_model(cfg)
+        return _train_orders(make_loaders(cfg, splits, model)["train"])
+
+    first = orders(0)
+    assert sorted(first[0]) == list(range(96)) and first[0] != first[1]
+    assert orders(0) == first and orders(1) != first
+
+
+def test_the_seed_sets_the_batch_order_of_the_linear_modes():
+    from modes.linear import FeatureDataset, _batches
+
+    data = FeatureDataset(np.zeros((40, 3), np.float32), np.zeros((40, 2), np.float32))
+    orders = lambda seed: _train_orders(_batches(data, 8, True, seed))  # noqa: E731
+    first = orders(0)
+    assert sorted(first[0]) == list(range(40)) and first[0] != first[1]
+    assert orders(0) == first and orders(1) != first

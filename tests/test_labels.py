@@ -4,8 +4,9 @@ import io
 import numpy as np
 import pytest
 
-from datasets import generate_split, training_targets
+from datasets import generate_split, load_splits, training_targets
 from errors import UserError
+from fileio import save_npy_atomic
 from preproc.generate_observed_labels import (generate_observed_labels, label_protocol, observe_known_ratio,
                                               observe_uniform)
 from preproc.generate_observed_labels import main as generate_main
@@ -156,3 +157,47 @@ def test_a_seed_outside_numpys_range_is_one_line(tmp_path, capsys):
     assert generate(["--dataset", "pascal", "--data-dir", str(tmp_path), "--seed", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--seed must be in [0, 2**32), got -1" in err and "Traceback" not in err
+
+
+def _formatted_folder(root, n_train=25, n_test=4, seed=0):
+    """A formatted dataset of n_train official train rows, named by their row numbers; one observed positive
+    and one observed negative per row."""
+    rng = np.random.RandomState(seed)
+    for split, n in (("train", n_train), ("val", n_test)):
+        full = (rng.rand(n, 5) < 0.4).astype(np.float32)
+        full[np.arange(n), rng.randint(0, 5, n)] = 1.0
+        save_npy_atomic(root / f"formatted_{split}_images.npy", np.array([f"{split}/{i:03d}.png" for i in range(n)]))
+        save_npy_atomic(root / f"formatted_{split}_labels.npy", full)
+        save_npy_atomic(root / f"formatted_{split}_labels_obs.npy", observe_uniform(full, 1, 1, np.random.RandomState(1200)))
+    return root
+
+
+def _rows(split):
+    return [int(path.rsplit("/", 1)[1][:3]) for path in split.images]
+
+
+def test_load_splits_takes_the_references_rows(tmp_path):
+    """train / val are the rows of RandomState(1200).permutation(N), the last round(0.2 N) to val, each sorted."""
+    splits = load_splits(_formatted_folder(tmp_path), "mine", tmp_path, check_images=False)
+    perm = np.random.RandomState(1200).permutation(25)
+    assert _rows(splits.train) == sorted(perm[:20].tolist()) and _rows(splits.val) == sorted(perm[20:].tolist())
+    full = np.load(tmp_path / "formatted_train_labels.npy")
+    np.testing.assert_array_equal(splits.val.labels, full[sorted(perm[20:])])  # val is scored on its full labels
+    np.testing.assert_array_equal(splits.test.labels, np.load(tmp_path / "formatted_val_labels.npy"))
+
+
+@pytest.mark.parametrize("view", ["observed", "true_negatives", "full"])
+def test_load_splits_trains_on_the_label_view_of_the_loss(tmp_path, view):
+    splits = load_splits(_formatted_folder(tmp_path), "mine", tmp_path, label_view=view, check_images=False)
+    rows = _rows(splits.train)
+    obs, full = np.load(tmp_path / "formatted_train_labels_obs.npy"), np.load(tmp_path / "formatted_train_labels.npy")
+    expected = {"observed": obs, "true_negatives": np.where((obs == 0) & (full == 0), -1, obs), "full": 2 * full - 1}[view]
+    np.testing.assert_array_equal(splits.train.labels, expected[rows])
+    # one observed negative per row; the oracle views add the true negatives
+    assert ((splits.train.labels == -1).sum(1) > 1).any() == (view != "observed")
+
+
+def test_observed_val_variant_scores_val_on_its_observed_positives(tmp_path):
+    splits = load_splits(_formatted_folder(tmp_path), "mine", tmp_path, val_variant="observed", check_images=False)
+    obs = np.load(tmp_path / "formatted_train_labels_obs.npy")
+    np.testing.assert_array_equal(splits.val.labels, obs[_rows(splits.val)] == 1)

@@ -218,3 +218,57 @@ def test_every_new_loss_is_in_the_help():
         assert f"{name}:" in text
     assert "--delta-rel" in text and "--classifier-lr-mult" in text
 
+
+
+# One row of logits (-1.5, -0.2, 0.4, 1.3, 2.0, 0.7): positive, unknown x 4, observed negative.
+GRAD_LOGITS = [-1.5, -0.2, 0.4, 1.3, 2.0, 0.7]
+GRAD_TARGETS = torch.tensor([[1.0, 0, 0, 0, 0, -1]])
+
+
+def _gradient(name: str, epoch: int = 1) -> list[float]:
+    logits = torch.tensor([GRAD_LOGITS], dtype=torch.float64, requires_grad=True)
+    loss = create_loss(name, HP, 1, 6)
+    loss.start_epoch(epoch, lambda: None)
+    loss(logits, GRAD_TARGETS.double(), torch.tensor([0]))["main"].backward()
+    return logits.grad[0].tolist()
+
+
+def _hand_gradient(positive, unknown, negative) -> list[float]:
+    """d loss / d logit per entry, from the per-entry derivatives in p, divided by B x C = 6."""
+    ps = [sig(z) for z in GRAD_LOGITS]
+    rule = [positive] + [unknown] * 4 + [negative]
+    return [f(p) / 6 for f, p in zip(rule, ps)]
+
+
+def test_gr_gradient_treats_k_and_v_as_constants():
+    """GR's k(p) and v(p) are computed on the detached p: only L2 and L3 carry the gradient (dp/dz = p(1 - p))."""
+    s = gr_schedule(2, 3)  # epoch 2 of 3: w 2/3, b -2, mu .7, sigma 1
+    k = lambda p: sig(s["w"] * p + s["b"])  # noqa: E731
+    v = lambda p: math.exp(-(p - s["mu"]) ** 2 / (2 * s["sigma"] ** 2))  # noqa: E731
+    expected = _hand_gradient(
+        lambda p: -(1 - p) * p / (p + 1e-7),
+        # d/dz (1 - p^q2)/q2 = -p^q2 (1 - p); d/dz p (q3 = 1) = p (1 - p)
+        lambda p: v(p) * (k(p) * -p ** 0.01 * (1 - p) + (1 - k(p)) * p * (1 - p)),
+        lambda p: p * (1 - p) / (1 - p + 1e-7))
+    assert _gradient("GR", epoch=2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_focal_and_asl_gradients_treat_the_focusing_weights_as_constants():
+    """The authors' AsymmetricLoss detaches (1 - p)^gamma_pos and p_m^gamma_neg (disable_torch_grad_focal_loss)."""
+    focal = _hand_gradient(lambda p: -(1 - p) ** 2 * (1 - p), lambda p: p ** 2 * p, lambda p: p ** 2 * p)
+    assert _gradient("focal") == pytest.approx(focal, rel=1e-6)
+    # ASL: gamma_pos 0; negatives on p_m = p - .05: d/dz -log(1 - p_m) = p (1 - p) / (1 - p_m)
+    shifted = lambda p: (p - .05) ** 4 * p * (1 - p) / (1 - p + .05)  # noqa: E731
+    assert _gradient("ASL") == pytest.approx(_hand_gradient(lambda p: -(1 - p), shifted, shifted), rel=1e-6)
+
+
+def test_splc_threshold_is_tau_0_6():
+    """An unknown entry just above p = .6 is corrected at epoch 2, one just below is not."""
+    above, below = math.log(.601 / .399), math.log(.599 / .401)
+    logits = torch.tensor([[above, below]])
+    loss = create_loss("SPLC", HP, 1, 2)
+    loss.start_epoch(2, lambda: None)
+    value = loss(logits, torch.zeros(1, 2), INDEX[:1])["main"].item()
+    corrected = (1 - .601) ** 2 * -ln(.601)  # trained as a positive, without the margin
+    negative = .599 ** 2 * -ln(1 - .599)
+    assert value == pytest.approx((corrected + negative) / 2, rel=1e-5)

@@ -71,3 +71,25 @@ def test_recall_at_k_averages_over_every_image_as_the_references():
     m = compute_metrics(preds, targets)
     assert m["rec_at_1"] == pytest.approx(100 * (1 + 1 / 2 + 0) / 3)
     assert m["rec_at_3"] == pytest.approx(100 * (1 + 1 + 0) / 3)
+
+
+def test_top_k_where_top_1_misses_and_top_3_or_5_hits():
+    """Image 0's positive is its 2nd score, image 1's its 4th, image 2 has none in its top 5 (7 classes)."""
+    preds = np.array([
+        [0.9, 0.8, 0.1, 0.2, 0.3, 0.05, 0.01],
+        [0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1],
+        [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+    ])
+    targets = np.array([
+        [0, 1, 0, 0, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0, 1],
+        [0, 0, 0, 0, 0, 0, 1],
+    ])
+    m = compute_metrics(preds, targets)
+    assert (m["top_1"], m["prec_at_1"], m["rec_at_1"]) == (0.0, 0.0, 0.0)
+    assert m["top_3"] == pytest.approx(100 / 3)  # image 0
+    assert m["prec_at_3"] == pytest.approx(100 * (1 / 3) / 3)
+    assert m["rec_at_3"] == pytest.approx(100 * 1 / 3)
+    assert m["top_5"] == pytest.approx(200 / 3)  # images 0 and 1
+    assert m["prec_at_5"] == pytest.approx(100 * (1 / 5 + 1 / 5) / 3)
+    assert m["rec_at_5"] == pytest.approx(100 * (1 + 1 / 2) / 3)
