@@ -145,14 +145,22 @@ def test_pu_registered_with_its_flags():
 
 
 def test_pu_trains_end_to_end_on_digits(small_digits, tmp_path):
-    out = tmp_path / "pu"
-    assert main(["-g", "cpu", "-l", "PU", "--epochs", "1", "--pu-alpha", "2", "--pu-gamma", "0.85",
-                 "--data-dir", str(small_digits), "--out", str(out)]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert results["status"] == "completed"
-    epoch = results["epochs"][0]
-    assert set(epoch["train_terms"]) == {"main", "reg"} and math.isfinite(epoch["train_loss"])
-    hyper = json.loads((out / "config.json").read_text())["hyper"]
+    """The MixUp regulariser's second pass runs inside the training step and its gradient reaches the
+    weights: with --reg-weight 0 the same seed trains to other scores (BatchNorm frozen, so that the second
+    pass cannot change them through the running statistics alone)."""
+    runs = {}
+    for reg in ("1", "0"):
+        out = tmp_path / f"reg{reg}"
+        assert main(["-g", "cpu", "-l", "PU", "--epochs", "1", "--pu-alpha", "2", "--pu-gamma", "0.85",
+                     "--reg-weight", reg, "--freeze-bn", "--data-dir", str(small_digits), "--out", str(out)]) == 0
+        runs[reg] = json.loads((out / "results.json").read_text())
+        assert runs[reg]["status"] == "completed"
+    with_reg, without = runs["1"]["epochs"][0], runs["0"]["epochs"][0]
+    assert set(with_reg["train_terms"]) == {"main", "reg"}
+    assert with_reg["train_terms"]["reg"] > 0 and without["train_terms"]["reg"] == 0
+    assert with_reg["train_loss"] == pytest.approx(sum(with_reg["train_terms"].values()), rel=1e-6)
+    assert with_reg["val"] != without["val"] and with_reg["test"] != without["test"]
+    hyper = runs["1"]["config"]["hyper"]
     assert (hyper["pu_alpha"], hyper["pu_gamma"], hyper["mix_alpha"], hyper["reg_weight"]) == (2.0, 0.85, 0.3, 1.0)
 
 

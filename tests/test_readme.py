@@ -1,17 +1,23 @@
 """Every command the README and the pages of docs/ show is valid as written: the digits ones run, the others parse."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import re
 import shlex
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from cli import parse_args
+from cli import _with_preset, parse_args
+from config import Config
 from conftest import slice_digits
 from flags import build_parser
 from main import main
-from presets import REPO_ROOT
+from preproc.generate_observed_labels import generate_observed_labels
+from presets import REPO_ROOT, RUN_PRESETS
 
 README = (REPO_ROOT / "README.md").read_text()
 # the README and every page of docs/: their commands are checked alike
@@ -40,26 +46,76 @@ OTHERS = [argv for argv in MAIN_COMMANDS if argv not in DIGITS]
 
 def test_the_readme_has_commands_of_each_kind():
     assert [] in DIGITS  # the quick start
-    assert len(DIGITS) >= 2 and len(OTHERS) >= 5
+    assert len(DIGITS) >= 2 and len(OTHERS) >= 5 and len(PRESET_COMMANDS) >= 1
+
+
+def assert_config_takes_the_flags(argv: list[str], cfg: Config) -> None:
+    """Every setting `argv` gives (after the last of a repeated flag, as argparse) is in `cfg` as given:
+    a flag the CLI dropped or overrode would fail here. Settings that the CLI derives (-g -> device,
+    --fast) have no field of their own name and are left to their own tests."""
+    parser = build_parser()
+    given, default = vars(parser.parse_args(argv)), vars(parser.parse_args([]))
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | dataclasses.asdict(cfg.hyper)
+    checked = []
+    for name, value in given.items():
+        if value == default[name] or name not in fields:
+            continue
+        if isinstance(value, Path):
+            value = value.absolute()
+        elif isinstance(value, list):
+            value = tuple(value)
+        assert fields[name] == value, f"{name}: the command gives {value!r}, the config holds {fields[name]!r}"
+        checked.append(name)
+    assert checked or argv == [], f"no setting of {argv} was checked"
 
 
 @pytest.mark.parametrize("argv", DIGITS, ids=" ".join)
 def test_digits_commands_run(argv, digits_master, tmp_path, monkeypatch):
-    """As written, on a slice of digits for one epoch (the flags given after override the README's)."""
+    """As written, on a slice of digits for one epoch (the flags given after override the README's): the run
+    completes with the settings the command gives."""
     monkeypatch.chdir(REPO_ROOT)  # README paths are relative to the repository
     data = slice_digits(digits_master, tmp_path / "digits", 120, 60, copy_images=False)
-    assert main([*argv, "-g", "cpu", "--epochs", "1", "--data-dir", str(data), "--out", str(tmp_path / "run")]) == 0
+    argv = [*argv, "-g", "cpu", "--epochs", "1", "--data-dir", str(data), "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    phases = [results] if "epochs" in results else [json.loads((tmp_path / "run" / phase / "results.json").read_text())
+                                                    for phase in ("linear", "fine_tune")]  # linear_init's two phases
+    assert results["status"] == "completed" and all(phase["status"] == "completed" for phase in phases)
+    assert all(len(phase["epochs"]) >= 1 and 0 <= phase["test_map"] <= 100 for phase in phases)
+    assert_config_takes_the_flags(argv, Config.from_dict(results["config"], tmp_path))
 
 
 @pytest.mark.parametrize("argv", OTHERS, ids=" ".join)
-def test_benchmark_commands_parse(argv, tmp_path, monkeypatch):
+def test_benchmark_commands_configure_what_they_say(argv, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
-    parse_args([*argv, "--out", str(tmp_path / "run")])
+    argv = [*argv, "--out", str(tmp_path / "run")]
+    assert_config_takes_the_flags(argv, parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def preset_data(digits_master, tmp_path_factory):
+    """A digits slice per label protocol a preset asks for, and random class word vectors."""
+    def folder(protocol: dict) -> Path:
+        root = slice_digits(digits_master, tmp_path_factory.mktemp("preset_digits"), 40, 20, copy_images=False)
+        options = {k: v for k, v in protocol.items() if k != "protocol"}
+        generate_observed_labels(root, **options)
+        np.save(root / "vectors.npy", np.random.RandomState(0).randn(10, 300).astype(np.float32))
+        return root
+    return folder
 
 
 @pytest.mark.parametrize("argv", PRESET_COMMANDS, ids=" ".join)
-def test_preset_commands_parse(argv):
-    build_parser().parse_args(argv)
+def test_preset_commands_expand_to_their_published_flags(argv, preset_data, tmp_path, monkeypatch):
+    """The preset's expansion and the cross-checks of the CLI, on a data folder holding the labels it asks for."""
+    monkeypatch.chdir(REPO_ROOT)
+    name = argv[argv.index("--preset") + 1]
+    data = preset_data(RUN_PRESETS[name].labels)
+    argv = [*argv, "-g", "cpu", "--data-dir", str(data), "--out", str(tmp_path / "run")]
+    if "--word-vectors" in RUN_PRESETS[name].flags:
+        argv += ["--word-vectors", str(data / "vectors.npy")]
+    cfg = parse_args(argv)
+    assert cfg.preset == name
+    assert_config_takes_the_flags(_with_preset(argv), cfg)
 
 
 @pytest.mark.parametrize("module", sorted({argv[0] for argv in commands("python -m ")} - {"pytest"}))

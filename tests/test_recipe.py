@@ -184,3 +184,17 @@ def test_image_and_scope_flags_refused(tmp_path, extra, match):
     with pytest.raises(UserError, match=match):
         parse_args(["-g", "cpu", "--out", str(tmp_path / "run"), *extra])
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_only_of_best_pt_gives_the_reported_numbers_when_the_ema_weights_won(small_digits, tmp_path):
+    """With --ema, best.pt holds the weights selected on val (here the EMA's), so --eval-only best.pt
+    scores exactly what results.json reports."""
+    out = tmp_path / "run"
+    assert main(["-g", "cpu", "-l", "EM", "-s", "1", "--patience", "0", "--epochs", "3", "--ema", "0.8",
+                 "--data-dir", str(small_digits), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    best = results["epochs"][results["best_epoch"] - 1]
+    assert results["best_weights"] == "ema" and best["ema_val_map"] != best["val_map"]  # else this test proves nothing
+    assert main(["--eval-only", str(out / BEST), "-g", "cpu"]) == 0
+    scored = json.loads((out / "eval_best.json").read_text())
+    assert (scored["val"]["map"], scored["test"]["map"]) == (results["best_val_map"], results["test_map"])

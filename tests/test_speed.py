@@ -206,8 +206,14 @@ def test_reading_losses_per_window_and_device_decode_keep_a_digits_run(small_dig
 
 
 def test_bf16_and_channels_last_train_on_cpu(small_digits, tmp_path):
+    """bf16 autocast really runs (other losses than fp32's) and trains about as well (the loss stays fp32)."""
+    fp32 = _run(small_digits, tmp_path / "fp32")
+    bf16 = _run(small_digits, tmp_path / "bf16_alone", "--amp", "bf16")
     metrics = _run(small_digits, tmp_path / "bf16", "--amp", "bf16", "--channels-last")
-    assert all(np.isfinite(m["train_loss"]) and 0 <= m["val_map"] <= 100 for m in metrics)
+    assert all(half["train_loss"] != full["train_loss"] for half, full in zip(bf16, fp32, strict=True))
+    for half, full in zip(metrics, fp32, strict=True):
+        assert half["train_loss"] == pytest.approx(full["train_loss"], rel=0.05)
+        assert abs(half["val_map"] - full["val_map"]) < 5 and abs(half["test_map"] - full["test_map"]) < 5
     saved = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert (saved["amp"], saved["channels_last"], saved["decode"]) == ("bf16", True, "pil")
 
