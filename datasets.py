@@ -14,6 +14,7 @@ loss, except for the oracle losses that declare another label view on purpose.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,15 +95,18 @@ def _check_labels(labels: np.ndarray, allowed: tuple[int, ...], path: Path, num_
 
 
 def resolve_images(names: np.ndarray, image_root: Path, source: Path, check_exists: bool = True) -> np.ndarray:
-    """Absolute image paths; refuses paths that escape the image root, reports missing files."""
-    root = image_root.resolve()
+    """Absolute image paths; refuses paths that escape the image root, reports missing files.
+
+    A path is judged as listed (absolute, or climbing above the root with `..`), not after following
+    links: an image folder linked from elsewhere (`train2014 -> /datasets/coco/train2014`) is the
+    usual layout, and its images are read through the link."""
+    root = image_root.absolute()
     paths = []
     for name in names.tolist():
-        rel = Path(str(name))
-        full = (root / rel).resolve()
-        if rel.is_absolute() or not full.is_relative_to(root):
+        rel = Path(os.path.normpath(str(name)))
+        if rel.is_absolute() or rel.parts[:1] == ("..",):
             raise UserError(f"{source} lists {name!r}, which points outside the image root {root}; refusing it")
-        paths.append(str(full))
+        paths.append(str(root / rel))
     if check_exists:
         missing = [p for p in paths if not Path(p).is_file()]
         if missing:

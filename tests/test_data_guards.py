@@ -26,6 +26,20 @@ def test_paths_inside_the_root_resolve(tmp_path):
     assert paths.tolist() == [str(root / "a" / "x.png")] * 2
 
 
+def test_a_linked_image_folder_is_read_through_its_link(tmp_path):
+    """The usual layout: DIR/train -> /datasets/.../train, the images living outside DIR."""
+    elsewhere = tmp_path / "datasets" / "train"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "000000.png").write_bytes(b"x")
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "train").symlink_to(elsewhere)
+    paths = resolve_images(np.array(["train/000000.png"]), root, root / "formatted_train_images.npy")
+    assert paths.tolist() == [str(root / "train" / "000000.png")]
+    with pytest.raises(UserError, match="outside the image root"):  # a listed path may still not climb out
+        resolve_images(np.array(["train/../../datasets/train/000000.png"]), root, root / "list.npy")
+
+
 def test_pickle_bearing_npy_is_refused(tmp_path):
     path = tmp_path / "formatted_train_images.npy"
     np.save(path, np.array(["a.png", {"b": 1}], dtype=object), allow_pickle=True)
