@@ -93,3 +93,34 @@ def test_top_k_where_top_1_misses_and_top_3_or_5_hits():
     assert m["top_5"] == pytest.approx(200 / 3)  # images 0 and 1
     assert m["prec_at_5"] == pytest.approx(100 * (1 / 5 + 1 / 5) / 3)
     assert m["rec_at_5"] == pytest.approx(100 * (1 + 1 / 2) / 3)
+
+
+def test_per_image_metrics_match_a_plain_sort_on_random_scores():
+    """prec/rec/top at 1, 3, 5 against the definitions written with a full sort (COCO's 80 classes: the
+    partial sort must bring every one of the top 5 to the front)."""
+    rng = np.random.RandomState(0)
+    preds, targets = rng.rand(300, 80), rng.rand(300, 80) < 0.05
+    m = compute_metrics(preds, targets)
+    ranked = np.take_along_axis(targets, np.argsort(-preds, axis=1), axis=1)
+    for k in (1, 3, 5):
+        found = ranked[:, :k].sum(1)
+        recall = np.where(targets.sum(1) > 0, found / np.maximum(targets.sum(1), 1), 0.0)
+        assert m[f"prec_at_{k}"] == pytest.approx(100 * (found / k).mean(), abs=1e-9)
+        assert m[f"rec_at_{k}"] == pytest.approx(100 * recall.mean(), abs=1e-9)
+        assert m[f"top_{k}"] == pytest.approx(100 * (found > 0).mean(), abs=1e-9)
+
+
+def test_edge_cases_one_positive_an_empty_class_a_score_at_the_threshold():
+    preds = np.array([[0.5, 0.2, 0.1], [0.4, 0.1, 0.2]])
+    targets = np.array([[1, 0, 0], [0, 1, 0]])  # classes 0 and 1: one positive each; class 2: none
+    m = compute_metrics(preds, targets)  # the default threshold is 0.5, and 0.5 counts as predicted
+    assert m["num_empty_classes"] == 1
+    # AP: class 0's positive ranks first (1), class 1's second (1/2), class 2 scores 0
+    assert m["map"] == pytest.approx(100 * (1 + 0.5 + 0) / 3)
+    # one prediction (0.5 on class 0), a hit: per class precision (1, 0, 0), recall (1, 0, 0)
+    assert m["cf1"] == pytest.approx(100 * 1 / 3)
+    assert m["of1"] == pytest.approx(100 * 2 * 1 * 0.5 / 1.5)  # precision 1/1, recall 1/2
+    nothing = compute_metrics(preds, targets, threshold=0.9)  # no prediction at all: F1 0, not NaN
+    assert (nothing["cf1"], nothing["of1"]) == (0.0, 0.0)
+    lone = compute_metrics(np.array([[0.9, 0.1]]), np.array([[1, 0]]), threshold=0.5)  # one positive overall
+    assert lone["of1"] == pytest.approx(100.0)
