@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: off)")
     rc.add_argument("--train-scope", choices=TRAIN_SCOPES, default="all",
                     help="what trains: all, or layer4-head: layer4, the head and (with --lgconv) every global "
-                         "branch, with the stem and layer1-3 frozen, as the PU-MLC authors (ResNets) (default: all)")
+                         "branch, with the stem and layer1-3 frozen (BatchNorm statistics included), as the PU-MLC authors "
+                         "(ResNets) (default: all)")
     rc.add_argument("--crop-size", type=_positive_int, metavar="PX",
                     help="image side the model sees, at train and test time (default: the backbone's, 448 for "
                          "the ResNets)")

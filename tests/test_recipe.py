@@ -163,7 +163,14 @@ def test_train_scope_freezes_the_stem_and_layer1_to_3_but_not_the_global_branche
     assert "backbone.layer1.0.conv2.global_branch.norm.weight" in names
     assert not {"backbone.conv1.weight", "backbone.layer3.0.downsample.0.weight", "backbone.layer1.0.conv2.conv.weight",
                 "backbone.bn1.weight"} & names
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    model.train()
     model(torch.randn(2, 3, 64, 64)).sum().backward()
+    moved = {name.rsplit(".", 1)[0] for name, buffer in model.named_buffers()
+             if name.endswith("running_mean") and not torch.equal(buffer, before[name])}
+    # the frozen stem and layer1-3 keep their BatchNorm statistics; layer4's and the global branches' move
+    assert "backbone.bn1" not in moved and "backbone.layer3.1.bn2" not in moved and "backbone.layer1.0.bn1" not in moved
+    assert {"backbone.layer4.0.bn1", "backbone.layer1.0.conv2.global_branch.norm"} <= moved
     assert model.backbone.layer1[0].conv2.global_branch.reduce.weight.grad is not None  # gradients flow through layer1
     assert model.backbone.layer1[0].conv1.conv.weight.grad is None
     groups = model_param_groups(model, 1e-3, 10.0)

@@ -16,8 +16,9 @@ as before. PU-MLC's recipe (Yuan, Zhang, Huang, ICME 2024), usable with every lo
                             eval mode, and copies (not averages) integer buffers (BatchNorm's step
                             count), unlike the authors' code
     --train-scope layer4-head   only layer4, the head and every LGConv global branch train; the stem
-                            and layer1-3 are frozen (gradients still flow through them to the
-                            global branches), as the authors' optimiser groups
+                            and layer1-3 are frozen, their BatchNorm statistics included (gradients
+                            still flow through them to the global branches), as the authors' optimiser
+                            groups
 
 Both the scheduler's and the EMA's state go into last.pt, so --resume continues them.
 """
@@ -68,8 +69,13 @@ def restrict_training(model: nn.Module, scope: str) -> tuple[int, int]:
             raise UserError(f"--train-scope {scope} trains a ResNet's layer4; {type(model).__name__} has no ResNet "
                             f"backbone: use -m resnet18/resnet50/resnet101, or --train-scope all")
         backbone.requires_grad_(False)
-        for module in (layer4, *(m for m in backbone.modules() if isinstance(m, GlobalBranch))):
+        live = (layer4, *(m for m in backbone.modules() if isinstance(m, GlobalBranch)))
+        for module in live:
             module.requires_grad_(True)
+        # A frozen layer keeps its BatchNorm statistics too: train mode would move their running means
+        # under weights that no longer learn (the authors freeze every BatchNorm, --freeze-bn).
+        trained_norms = {id(norm) for module in live for norm in _batchnorms(module)}
+        _run_in_eval_mode([norm for norm in _batchnorms(backbone) if id(norm) not in trained_norms])
     return (sum(p.numel() for p in model.parameters() if p.requires_grad),
             sum(p.numel() for p in model.parameters()))
 
@@ -78,15 +84,21 @@ def _eval_mode(module: nn.Module, inputs) -> None:
     module.train(False)
 
 
-def freeze_batchnorm(model: nn.Module) -> int:
-    """Make every BatchNorm of `model` run in eval mode whatever model.train() said; returns how many.
+def _batchnorms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
-    A forward pre-hook, so the training loop needs no special case (the authors re-apply
-    eval() to every BatchNorm after each model.train()).
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+def _run_in_eval_mode(norms: list[nn.Module]) -> None:
+    """A forward pre-hook on each, so the training loop needs no special case (the authors re-apply
+    eval() to every BatchNorm after each model.train())."""
     for norm in norms:
         norm.register_forward_pre_hook(_eval_mode)
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Make every BatchNorm of `model` run in eval mode whatever model.train() said; returns how many."""
+    norms = _batchnorms(model)
+    _run_in_eval_mode(norms)
     return len(norms)
 
 
