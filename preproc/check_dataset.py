@@ -18,6 +18,9 @@ naming the first few offenders; 2 for bad arguments.
 """
 from __future__ import annotations
 
+if not __package__:  # started as `python preproc/NAME.py`: the repository's modules are not importable
+    import _script_guard  # noqa: F401  (prints the `python -m preproc.NAME` form, exits 2)
+
 import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor

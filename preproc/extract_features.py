@@ -11,6 +11,9 @@ them; one without (digits_cnn) uses the fixed initialisation of
 """
 from __future__ import annotations
 
+if not __package__:  # started as `python preproc/NAME.py`: the repository's modules are not importable
+    import _script_guard  # noqa: F401  (prints the `python -m preproc.NAME` form, exits 2)
+
 import argparse
 import logging
 import sys

@@ -28,6 +28,9 @@ files go to their own folder, and runs name the COCO folder as the image root:
 """
 from __future__ import annotations
 
+if not __package__:  # started as `python preproc/NAME.py`: the repository's modules are not importable
+    import _script_guard  # noqa: F401  (prints the `python -m preproc.NAME` form, exits 2)
+
 import json
 import sys
 from pathlib import Path

@@ -21,6 +21,9 @@ Rules, as the reference script:
 """
 from __future__ import annotations
 
+if not __package__:  # started as `python preproc/NAME.py`: the repository's modules are not importable
+    import _script_guard  # noqa: F401  (prints the `python -m preproc.NAME` form, exits 2)
+
 import sys
 from pathlib import Path
 

@@ -20,6 +20,9 @@ A fixed seed makes the output byte-identical run to run.
 """
 from __future__ import annotations
 
+if not __package__:  # started as `python preproc/NAME.py`: the repository's modules are not importable
+    import _script_guard  # noqa: F401  (prints the `python -m preproc.NAME` form, exits 2)
+
 import argparse
 import os
 import shutil

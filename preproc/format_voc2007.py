@@ -23,6 +23,9 @@ Rules, as the authors' `datasets/voc2007.py`:
 """
 from __future__ import annotations
 
+if not __package__:  # started as `python preproc/NAME.py`: the repository's modules are not importable
+    import _script_guard  # noqa: F401  (prints the `python -m preproc.NAME` form, exits 2)
+
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path

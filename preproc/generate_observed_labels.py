@@ -28,6 +28,9 @@ set) keeps its full labels, as the authors' test set.
 """
 from __future__ import annotations
 
+if not __package__:  # started as `python preproc/NAME.py`: the repository's modules are not importable
+    import _script_guard  # noqa: F401  (prints the `python -m preproc.NAME` form, exits 2)
+
 import argparse
 import sys
 from pathlib import Path

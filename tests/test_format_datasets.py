@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from class_names import NUSWIDE_CLASSES, PASCAL_CLASSES
 from dataset_provenance import count_mismatch, dataset_variant
 from errors import UserError
 from preproc import format_coco, format_cub, format_nuswide, format_pascal
+from presets import REPO_ROOT
 
 
 def _load(folder: Path, split: str):
@@ -305,3 +308,14 @@ def test_coco_every_image_trains_with_the_coco_folder_as_image_root(tmp_path, ca
     results = json.loads((run / "results.json").read_text())
     assert results["dataset_variant"] == "coco2014-every-image"
     assert results["label_protocol"] == {"protocol": "known_ratio", "known_ratio": 0.5, "seed": 0}
+
+
+@pytest.mark.parametrize("tool", sorted(p.stem for p in (REPO_ROOT / "preproc").glob("*.py")
+                                        if '__name__ == "__main__"' in p.read_text()))
+def test_a_preproc_tool_started_as_a_file_gives_the_module_form(tool, tmp_path):
+    """`python preproc/NAME.py` (the reference repos' habit): one line with the command that works, exit 2."""
+    done = subprocess.run([sys.executable, f"preproc/{tool}.py", "--save-path", str(tmp_path / "a b")],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"error: run the preproc tools as modules from the repository root: "
+                           f"python -m preproc.{tool} --save-path '{tmp_path / 'a b'}'\n")
