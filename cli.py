@@ -21,7 +21,7 @@ from losses import LOSSES
 from models import BACKBONES
 from preflight import existing_file, existing_folder, new_run_folder, writable_folder
 from preproc.generate_observed_labels import label_protocol
-from presets import DATA_ROOT, LINEAR_EPOCHS, PRESETS, REPO_ROOT, RUN_PRESETS, custom_preset, preset_of
+from presets import LINEAR_EPOCHS, PRESETS, REPO_ROOT, RUN_PRESETS, custom_preset, dataset_dir, preset_of
 from training.checkpoint import load_checkpoint
 from training.distributed import under_torchrun, world
 from training.speed import check_amp
@@ -213,9 +213,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if args.preset is not None:
         args = build_parser().parse_args(_with_preset(argv))
     custom = args.dataset not in PRESETS
-    if custom and args.data_dir is None:
-        raise UserError(f"-d {args.dataset} is not one of the benchmarks ({', '.join(sorted(PRESETS))}); "
-                        f"for a dataset of your own pass its folder with --data-dir")
+    data_dir = dataset_dir(args.dataset, args.data_dir).absolute()  # a dataset of one's own needs its folder
     preset = custom_preset(args.dataset) if custom else PRESETS[args.dataset]
     pick = lambda value, default: default if value is None else value  # noqa: E731
     loss_defaults = LOSSES[args.loss].defaults(preset)  # the method's own settings (VLPL), below the flags
@@ -236,7 +234,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
         log.info(f"{args.loss}: the warm-up is shortened from {warmup} to {epochs - 1} epoch(s) for a {epochs}-epoch run "
                  f"(--warmup-epochs sets it)")
         warmup = epochs - 1
-    data_dir = (args.data_dir or DATA_ROOT / args.dataset).absolute()
     if args.data_dir is not None or args.dataset != "digits":  # the embedded digits is built at its default place
         existing_folder("--data-dir", data_dir, f"a formatted dataset folder (see data/{args.dataset}/README.md)"
                         if not custom else "the folder holding your dataset's formatted_*.npy files")

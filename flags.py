@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from pathlib import Path
 
 from config import LossHyper
@@ -24,6 +23,7 @@ from presets import (
     SEARCH_BSIZES,
     SEARCH_LRS,
     TRAIN_MODES,
+    dataset_name,
 )
 from training.recipe import OPTIMIZERS, SCHEDULES, TRAIN_SCOPES
 from training.speed import AMP_DTYPES
@@ -71,7 +71,7 @@ _seed = _number(int, 0, 2**32 - 1)  # NumPy's seed range
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(description="Train and evaluate a single-positive multi-label classifier.")
     loss_help = "; ".join(f"{name}: {entry.help}" for name, entry in LOSSES.items())
-    p.add_argument("-d", "--dataset", default="digits", type=_dataset_name,
+    p.add_argument("-d", "--dataset", default="digits", type=dataset_name,
                    help=f"a benchmark ({', '.join(sorted(PRESETS))}), or the name of a dataset of your own in "
                         f"--data-dir, run with neutral defaults (default: digits)")
     p.add_argument("--preset", choices=sorted(RUN_PRESETS),
@@ -230,13 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--word-vectors", type=Path, metavar="NPY",
                     help="(num_classes, D) .npy of class word vectors in class order, for --head ssgrl")
     return p
-
-
-def _dataset_name(text: str) -> str:
-    # it names files and folders (run folders, the CLIP-score cache)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
-        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '_', '-' and '.' only")
-    return text
 
 
 def _default_loss() -> str:

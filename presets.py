@@ -2,12 +2,16 @@
 
 Batch / lr / alpha / beta / warm-up are Zhou et al. (ECCV 2022), the expected number
 of positives (EPR, ROLE) Cole et al. (CVPR 2021). Explicit command-line flags
-override every field. This module imports nothing of spml: every layer may read it.
+override every field. This module imports nothing of spml but `errors`: every layer may read it.
 """
 from __future__ import annotations
 
+import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent
 DATA_ROOT = REPO_ROOT / "data"
@@ -77,6 +81,25 @@ def custom_preset(name: str) -> DatasetPreset:
 def preset_of(name: str) -> DatasetPreset:
     """The benchmark's preset, or the neutral one of a dataset of the user's own."""
     return PRESETS.get(name) or custom_preset(name)
+
+
+def dataset_name(text: str) -> str:
+    """argparse type of -d/--dataset in every tool: a benchmark, or the name of a dataset of one's own."""
+    # it names files and folders (run folders, the CLIP-score cache)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '_', '-' and '.' only")
+    return text
+
+
+def dataset_dir(name: str, data_dir: Path | None, flag: str = "-d") -> Path:
+    """The folder of dataset `name`: --data-dir, or data/<name> for a benchmark (a dataset of one's
+    own has no place of its own, and a benchmark's folder must not be taken for it)."""
+    if data_dir is not None:
+        return data_dir
+    if name not in PRESETS:
+        raise UserError(f"{flag} {name} is not one of the benchmarks ({', '.join(sorted(PRESETS))}); for a dataset of "
+                        f"your own pass its folder with --data-dir")
+    return DATA_ROOT / name
 
 
 @dataclass(frozen=True)

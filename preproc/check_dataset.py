@@ -35,7 +35,7 @@ from class_names import load_class_names
 from dataset_provenance import count_mismatch, dataset_variant
 from datasets import load_split_files, resolve_images
 from errors import UserError
-from presets import DATA_ROOT, PRESETS
+from presets import PRESETS, dataset_dir, dataset_name, preset_of
 
 SPLITS = {"train": "train (official train, split 80/20 into train/val at run time)", "val": "test (official val)"}
 SHOW = 5  # offenders named per problem
@@ -156,15 +156,16 @@ def _check_labels(report: CheckReport, split: str, names: np.ndarray, full: np.n
 def check_dataset(dataset: str, data_dir: Path | None = None, image_root: Path | None = None,
                   workers: int = 8, decode: bool = True, strict_counts: bool = False) -> CheckReport:
     """Run every check on a prepared dataset folder; the report lists problems instead of raising."""
-    if dataset not in PRESETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose from {sorted(PRESETS)}")
-    data_dir = Path(data_dir or DATA_ROOT / dataset)
+    benchmark = dataset in PRESETS
+    data_dir = Path(dataset_dir(dataset, data_dir))
     if not data_dir.is_dir():
-        raise UserError(f"dataset folder {data_dir} does not exist; see data/{dataset}/README.md to prepare it")
-    image_root = Path(image_root or data_dir / PRESETS[dataset].image_root)
+        raise UserError(f"dataset folder {data_dir} does not exist; " + (
+            f"see data/{dataset}/README.md to prepare it" if benchmark else "give the folder of your formatted_*.npy files"))
+    image_root = Path(image_root or data_dir / preset_of(dataset).image_root)
     report = CheckReport(dataset, data_dir)
     if not image_root.is_dir():
-        report.problems.append(f"image folder {image_root} does not exist; extract the images (data/{dataset}/README.md)")
+        report.problems.append(f"image folder {image_root} does not exist; " + (
+            f"extract the images (data/{dataset}/README.md)" if benchmark else "pass --image-root"))
         decode = False
     loaded = {split: _check_files_and_images(report, split, image_root, workers, decode) for split in SPLITS}
     num_classes = sorted({data[1].shape[1] for data in loaded.values() if data is not None})
@@ -175,9 +176,10 @@ def check_dataset(dataset: str, data_dir: Path | None = None, image_root: Path |
             continue
         try:
             class_names = load_class_names(dataset, data_dir, data[1].shape[1])
-        except UserError as err:
-            if str(err) not in report.problems:
-                report.problems.append(str(err))
+        except UserError as err:  # a dataset of one's own needs names only for CLIP prompts
+            found = report.problems if benchmark or (data_dir / "classes.txt").is_file() else report.warnings
+            if str(err) not in found:
+                found.append(str(err))
             class_names = [str(c) for c in range(data[1].shape[1])]
         _check_labels(report, split, *data, class_names)
     if len(report.splits) == len(SPLITS):
@@ -191,8 +193,10 @@ def check_dataset(dataset: str, data_dir: Path | None = None, image_root: Path |
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-d", "--dataset", required=True, choices=sorted(PRESETS))
-    parser.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset>)")
+    parser.add_argument("-d", "--dataset", required=True, type=dataset_name,
+                        help=f"a benchmark ({', '.join(sorted(PRESETS))}) or the name of a dataset of your own, "
+                             f"whose folder --data-dir then gives")
+    parser.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset> for a benchmark)")
     parser.add_argument("--image-root", type=Path, help="image folder (default: the dataset's, inside --data-dir)")
     parser.add_argument("--workers", type=int, default=8, help="decoding threads (default: 8)")
     parser.add_argument("--no-decode", action="store_true", help="skip opening the images (structure and labels only)")

@@ -29,7 +29,7 @@ from errors import UserError
 from fileio import save_npy_atomic
 from models import BACKBONES, Backbone
 from modes.linear import FEATURE_SEED, create_feature_backbone, feature_path
-from presets import DATA_ROOT, PRESETS
+from presets import PRESETS, dataset_dir, dataset_name, preset_of
 
 log = logging.getLogger("extract_features")
 
@@ -68,19 +68,21 @@ def extract_features(dataset: str, model: str, data_dir: Path, image_root: Path,
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-d", "--dataset", required=True, choices=sorted(PRESETS))
+    p.add_argument("-d", "--dataset", required=True, type=dataset_name,
+                   help=f"a benchmark ({', '.join(sorted(PRESETS))}) or the name of a dataset of your own, "
+                        f"whose folder --data-dir then gives")
     p.add_argument("-m", "--model", help="backbone (default: the dataset's)")
     p.add_argument("-g", "--gpu", default="cpu", help="'cpu' or a GPU index (default: cpu)")
     p.add_argument("--bsize", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--no-pretrained", action="store_true", help="random (FEATURE_SEED) weights instead of pretrained")
-    p.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset>)")
+    p.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset> for a benchmark)")
     p.add_argument("--image-root", type=Path, help="image folder (default: the dataset's, inside --data-dir)")
     args = p.parse_args(argv)
-    preset = PRESETS[args.dataset]
-    data_dir = args.data_dir or DATA_ROOT / args.dataset
+    preset = preset_of(args.dataset)
     device = "cpu" if args.gpu == "cpu" or not torch.cuda.is_available() else f"cuda:{args.gpu}"
     try:
+        data_dir = dataset_dir(args.dataset, args.data_dir)
         extract_features(args.dataset, args.model or preset.model, data_dir, args.image_root or data_dir / preset.image_root,
                          device, args.bsize, args.num_workers, not args.no_pretrained)
     except UserError as err:

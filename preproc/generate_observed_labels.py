@@ -39,7 +39,7 @@ import numpy as np
 
 from errors import UserError
 from fileio import load_npy, read_json, save_npy_atomic, write_json_atomic
-from presets import DATA_ROOT, PRESETS
+from presets import PRESETS, dataset_dir, dataset_name
 
 SPLITS = ("train", "val")
 PROTOCOL_FILE = "observed_labels.json"
@@ -119,8 +119,10 @@ def label_protocol(data_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(PRESETS))
-    parser.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset>)")
+    parser.add_argument("--dataset", required=True, type=dataset_name,
+                        help=f"a benchmark ({', '.join(sorted(PRESETS))}) or the name of a dataset of your own, "
+                             f"whose folder --data-dir then gives")
+    parser.add_argument("--data-dir", type=Path, help="dataset folder (default: data/<dataset> for a benchmark)")
     parser.add_argument("--num-pos", type=int, default=1, help="observed positives per image (-1: all)")
     parser.add_argument("--num-neg", type=int, default=0, help="observed negatives per image (-1: all)")
     parser.add_argument("--seed", type=int, default=1200, help="seed of the sampler (default: 1200; PU-MLC's authors use 0)")
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(the authors use 0.1); the test labels stay complete")
     args = parser.parse_args(argv)
     try:
-        for path in generate_observed_labels(args.data_dir or DATA_ROOT / args.dataset, args.num_pos, args.num_neg,
-                                             args.seed, args.known_ratio):
+        for path in generate_observed_labels(dataset_dir(args.dataset, args.data_dir, "--dataset"), args.num_pos,
+                                             args.num_neg, args.seed, args.known_ratio):
             print(f"wrote {path}")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

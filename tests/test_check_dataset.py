@@ -88,8 +88,8 @@ def test_missing_observed_labels_and_escaping_path(tmp_path):
 def test_bad_arguments_exit_2(tmp_path, capsys):
     assert checker.main(["-d", "pascal", "--data-dir", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(UserError, match="unknown dataset"):
-        checker.check_dataset("voc", tmp_path)
+    with pytest.raises(UserError, match="-d voc is not one of the benchmarks .* pass its folder with --data-dir"):
+        checker.check_dataset("voc")  # a name of one's own without its folder
 
 
 def test_truncated_jpeg_is_caught_by_the_decoder(tmp_path):
@@ -99,3 +99,27 @@ def test_truncated_jpeg_is_caught_by_the_decoder(tmp_path):
     buf = io.BytesIO(path.read_bytes()[:-200])
     path.write_bytes(buf.getvalue())
     assert "truncated" in checker._decode_error(str(path))
+
+
+def test_a_dataset_of_ones_own_is_sampled_checked_and_featurised_under_its_name(digits_master, tmp_path, capsys):
+    """The three preproc tools take the name of a dataset of one's own with its folder (as main.py does),
+    with neutral defaults (image paths relative to the folder), not a benchmark's."""
+    from conftest import slice_digits
+    from preproc import extract_features, generate_observed_labels
+
+    mine = slice_digits(digits_master, tmp_path / "mine", 30, 10, copy_images=False)
+    for split in ("train", "val"):
+        (mine / f"formatted_{split}_labels_obs.npy").unlink()
+    images = ["--image-root", str(mine / "images")]
+    assert generate_observed_labels.main(["--dataset", "mine", "--data-dir", str(mine)]) == 0
+    assert np.load(mine / "formatted_train_labels_obs.npy").shape == (30, 10)
+    assert checker.main(["-d", "mine", "--data-dir", str(mine), *images]) == 0
+    out = capsys.readouterr().out
+    assert "mine" in out and "problem" not in out.lower().replace("no problem", "")
+    assert extract_features.main(["-d", "mine", "--data-dir", str(mine), *images, "-m", "digits_cnn",
+                                  "--no-pretrained", "--num-workers", "0"]) == 0
+    assert np.load(mine / "train_features_digits_cnn.npy").shape[0] == 30
+    for tool, flag in ((generate_observed_labels.main, "--dataset"), (checker.main, "-d"), (extract_features.main, "-d")):
+        capsys.readouterr()
+        assert tool([flag, "mine"]) == 2  # no folder of its own to default to
+        assert f"{flag} mine is not one of the benchmarks" in capsys.readouterr().err
