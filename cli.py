@@ -21,7 +21,7 @@ from losses import LOSSES
 from models import BACKBONES
 from preflight import existing_file, existing_folder, new_run_folder, writable_folder
 from preproc.generate_observed_labels import label_protocol
-from presets import LINEAR_EPOCHS, PRESETS, REPO_ROOT, RUN_PRESETS, custom_preset, dataset_dir, preset_of
+from presets import LINEAR_EPOCHS, PRESETS, REPO_ROOT, RUN_PRESETS, custom_preset, dataset_dir, how_to_prepare, preset_of
 from training.checkpoint import load_checkpoint
 from training.distributed import under_torchrun, world
 from training.speed import check_amp
@@ -235,8 +235,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
                  f"(--warmup-epochs sets it)")
         warmup = epochs - 1
     if args.data_dir is not None or args.dataset != "digits":  # the embedded digits is built at its default place
-        existing_folder("--data-dir", data_dir, f"a formatted dataset folder (see data/{args.dataset}/README.md)"
-                        if not custom else "the folder holding your dataset's formatted_*.npy files")
+        existing_folder("--data-dir", data_dir, f"a formatted dataset folder ({how_to_prepare(args.dataset, data_dir)})")
     existing_folder("--image-root", args.image_root, "the folder the image paths are relative to")
     if args.preset is not None:
         _check_preset_labels(args.preset, args.dataset, data_dir)

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, default_collate
 
 from errors import UserError
 from fileio import load_npy
+from presets import how_to_prepare
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +80,13 @@ class DatasetSplits:
     data_dir: Path
 
 
-def _prepare_command(data_dir: Path, dataset: str) -> str:
-    if dataset == "digits":
-        return f"run `python -m preproc.format_digits --save-path {data_dir}`"
-    return f"see data/{dataset}/README.md to download and format it"
-
-
 def _check_labels(labels: np.ndarray, allowed: tuple[int, ...], path: Path, num_rows: int) -> None:
     if labels.ndim != 2 or labels.shape[0] != num_rows:
         raise UserError(f"{path} has shape {labels.shape}, expected ({num_rows}, C) to match its image list")
     bad = ~np.isin(labels, allowed)
     if bad.any():
         value = labels[bad][0]
-        raise UserError(f"{path} holds the value {value!r}; allowed values are {sorted(allowed)}")
+        raise UserError(f"{path} holds the value {value.item()!r}; allowed values are {sorted(allowed)}")
 
 
 def resolve_images(names: np.ndarray, image_root: Path, source: Path, check_exists: bool = True) -> np.ndarray:
@@ -119,11 +114,17 @@ def resolve_images(names: np.ndarray, image_root: Path, source: Path, check_exis
 
 def load_split_files(data_dir: Path, split: str, dataset: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(image names, full labels or None, observed labels) of an official split, validated."""
-    fix = _prepare_command(data_dir, dataset)
+    fix = how_to_prepare(dataset, data_dir)
     images_path = data_dir / f"formatted_{split}_images.npy"
     names = load_npy(images_path, fix)
     if names.ndim != 1 or names.dtype.kind not in "US":
         raise UserError(f"{images_path} must be a 1-D array of path strings, got {names.dtype} {names.shape}")
+    if names.dtype.kind == "S":  # paths saved as bytes (e.g. by Python 2 tools): UTF-8 text
+        try:
+            names = np.char.decode(names, "utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"{images_path} holds byte strings that are not UTF-8 ({err.reason} in "
+                            f"{err.object[:60]!r}); save the paths as text") from None
     if len(names) == 0:
         role = "train and val sets" if split == "train" else "test set"
         raise UserError(f"{images_path} lists no image, so the {role} would be empty; re-format the dataset ({fix})")
@@ -149,7 +150,7 @@ def load_splits(
 ) -> DatasetSplits:
     """Train/val/test splits of a formatted dataset folder (the protocol of Cole et al. 2021)."""
     if not data_dir.is_dir():
-        raise UserError(f"dataset folder {data_dir} does not exist: {_prepare_command(data_dir, dataset)}")
+        raise UserError(f"dataset folder {data_dir} does not exist: {how_to_prepare(dataset, data_dir)}")
     names, full, obs = load_split_files(data_dir, "train", dataset)
     test_names, test_full, _ = load_split_files(data_dir, "val", dataset)
     if test_full is None:

@@ -83,6 +83,16 @@ def preset_of(name: str) -> DatasetPreset:
     return PRESETS.get(name) or custom_preset(name)
 
 
+def how_to_prepare(dataset: str | None, data_dir: Path) -> str:
+    """The one hint of every "not formatted" error: what makes `data_dir` a formatted folder of `dataset`."""
+    if dataset == "digits":
+        return f"run `python -m preproc.format_digits --save-path {data_dir}`"
+    if dataset in PRESETS:
+        return f"see data/{dataset}/README.md to download and format it"
+    return (f"write its formatted_{{train,val}}_{{images,labels}}.npy files (the README's \"A dataset of your own\"), "
+            f"then run `python -m preproc.generate_observed_labels --dataset {dataset or 'NAME'} --data-dir {data_dir}`")
+
+
 def dataset_name(text: str) -> str:
     """argparse type of -d/--dataset in every tool: a benchmark, or the name of a dataset of one's own."""
     # it names files and folders (run folders, the CLIP-score cache)

@@ -35,7 +35,7 @@ from class_names import load_class_names
 from dataset_provenance import count_mismatch, dataset_variant
 from datasets import load_split_files, resolve_images
 from errors import UserError
-from presets import PRESETS, dataset_dir, dataset_name, preset_of
+from presets import PRESETS, dataset_dir, dataset_name, how_to_prepare, preset_of
 
 SPLITS = {"train": "train (official train, split 80/20 into train/val at run time)", "val": "test (official val)"}
 SHOW = 5  # offenders named per problem
@@ -142,7 +142,7 @@ def _check_labels(report: CheckReport, split: str, names: np.ndarray, full: np.n
         if len(wrong):
             items = [f"row {r} {names[r]} class {class_names[c]}" for r, c in wrong[:SHOW].tolist()]
             report.problems.append(f"{len(wrong)} {what} in formatted_{split}_labels_obs.npy: {_offenders(items)} "
-                                   f"(re-run generate_observed_labels.py after formatting)")
+                                   f"(re-run `python -m preproc.generate_observed_labels` after formatting)")
     report.splits[split] = SplitSummary(
         images=len(names),
         classes=full.shape[1],
@@ -159,8 +159,7 @@ def check_dataset(dataset: str, data_dir: Path | None = None, image_root: Path |
     benchmark = dataset in PRESETS
     data_dir = Path(dataset_dir(dataset, data_dir))
     if not data_dir.is_dir():
-        raise UserError(f"dataset folder {data_dir} does not exist; " + (
-            f"see data/{dataset}/README.md to prepare it" if benchmark else "give the folder of your formatted_*.npy files"))
+        raise UserError(f"dataset folder {data_dir} does not exist; {how_to_prepare(dataset, data_dir)}")
     image_root = Path(image_root or data_dir / preset_of(dataset).image_root)
     report = CheckReport(dataset, data_dir)
     if not image_root.is_dir():

@@ -39,7 +39,7 @@ import numpy as np
 
 from errors import UserError
 from fileio import load_npy, read_json, save_npy_atomic, write_json_atomic
-from presets import PRESETS, dataset_dir, dataset_name
+from presets import PRESETS, dataset_dir, dataset_name, how_to_prepare
 
 SPLITS = ("train", "val")
 PROTOCOL_FILE = "observed_labels.json"
@@ -72,10 +72,11 @@ def full_observation(labels: np.ndarray) -> np.ndarray:
 
 
 def generate_observed_labels(data_dir: Path, num_pos: int = 1, num_neg: int = 0, seed: int = 1200,
-                             known_ratio: float | None = None) -> list[Path]:
+                             known_ratio: float | None = None, dataset: str | None = None) -> list[Path]:
     """Sample and save the observed labels of both splits; returns the written paths.
 
-    `known_ratio` (PU-MLC's protocol) replaces the per-image sampling of `num_pos` / `num_neg`.
+    `known_ratio` (PU-MLC's protocol) replaces the per-image sampling of `num_pos` / `num_neg`;
+    `dataset` names the folder's dataset in the errors' hints.
     """
     if known_ratio is not None:
         if not 0.0 < known_ratio <= 1.0:
@@ -88,7 +89,7 @@ def generate_observed_labels(data_dir: Path, num_pos: int = 1, num_neg: int = 0,
         raise UserError(f"--num-neg must be >= 0 (or -1 for all negatives), got {num_neg}")
     if not 0 <= seed < 2**32:
         raise UserError(f"--seed must be in [0, 2**32), got {seed} (NumPy's seed range)")
-    fix = f"format the dataset first (see {data_dir}/README.md)"
+    fix = how_to_prepare(dataset, data_dir)
     matrices = {}
     for split in SPLITS:  # validate both before writing either
         labels = load_npy(data_dir / f"formatted_{split}_labels.npy", fix)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         for path in generate_observed_labels(dataset_dir(args.dataset, args.data_dir, "--dataset"), args.num_pos,
-                                             args.num_neg, args.seed, args.known_ratio):
+                                             args.num_neg, args.seed, args.known_ratio, args.dataset):
             print(f"wrote {path}")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -170,6 +170,33 @@ def test_a_dataset_of_your_own_runs_as_itself(capsys, tmp_path, digits_master):
     assert "'mine!'" in refused(capsys, tmp_path, "-d", "mine!", "--data-dir", data)
 
 
+def test_errors_say_how_to_prepare_the_dataset_they_name(capsys, tmp_path, digits_master):
+    """Each points at what exists: the format command of digits, a benchmark's data/<name>/README.md, or the
+    README's section for a dataset of one's own (never a data/<name>/README.md that is not there)."""
+    mine = slice_digits(digits_master, tmp_path / "mine", 40, 20, copy_images=False)
+    (mine / "formatted_train_labels_obs.npy").unlink()
+    line = refused(capsys, tmp_path, "-d", "mine", "--data-dir", mine, "--image-root", mine / "images")
+    assert f"python -m preproc.generate_observed_labels --dataset mine --data-dir {mine}" in line and "README.md" not in line
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = refused(capsys, tmp_path, "-d", "digits", "--data-dir", empty)
+    assert f"python -m preproc.format_digits --save-path {empty}" in line and "README.md" not in line
+    line = refused(capsys, tmp_path, "-d", "mine", "--data-dir", empty)
+    assert "A dataset of your own" in line and "data/mine/README.md" not in line
+    assert "see data/coco/README.md to download and format it" in refused(capsys, tmp_path, "-d", "coco", "--data-dir", empty)
+
+
+def test_an_image_list_saved_as_bytes_is_read_as_utf8_text(capsys, tmp_path, digits_master):
+    data = slice_digits(digits_master, tmp_path / "bytes", 40, 20, copy_images=False)
+    for split in ("train", "val"):
+        path = data / f"formatted_{split}_images.npy"
+        np.save(path, np.load(path).astype("S"))
+    code, err = run_cli(capsys, "--data-dir", data, "--epochs", "1", "-l", "an", "--out", tmp_path / "run", *FAST)
+    assert code == 0, err
+    np.save(data / "formatted_train_images.npy", np.array([b"train/\xff.png"] * 40))
+    assert "holds byte strings that are not UTF-8" in refused(capsys, tmp_path, "--data-dir", data)
+
+
 def test_default_digits_folder_is_the_only_one_built(tmp_path):
     cfg = parse_args(["-g", "cpu", "--out", str(tmp_path / "run")])
     assert cfg.data_dir == DATA_ROOT / "digits"
