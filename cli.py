@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -206,6 +207,11 @@ def _check_preset_labels(preset: str, dataset: str, data_dir: Path) -> None:
                         f"{dataset} --data-dir {data_dir} {flags}` (or point --data-dir at a folder that has them)")
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a batch job's allocation, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     if args.resume or args.eval_only:
@@ -271,7 +277,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         pick(args.bsize, loss_defaults.get("bsize", preset.bsize)),
         lr=pick(args.lr, preset.lr),
         patience=pick(args.patience, loss_defaults.get("patience", 0 if linear else 1)),
-        num_workers=pick(args.num_workers, preset.num_workers),
+        # more loader processes than cores only compete for them (and PyTorch warns)
+        num_workers=pick(args.num_workers, min(preset.num_workers, available_cores())),
         pretrained=not args.no_pretrained and BACKBONES[model].has_pretrained,
         val_set_variant=args.val_set_variant,
         threshold=args.threshold,
@@ -337,5 +344,5 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "
                  f"alpha {cfg.hyper.alpha:g}, beta {cfg.hyper.beta:g}, warm-up {cfg.hyper.warmup_epochs}, "
-                 f"{cfg.model}, images under {cfg.image_root} (flags override each)")
+                 f"{cfg.model}, {cfg.num_workers} loader workers, images under {cfg.image_root} (flags override each)")
     return cfg

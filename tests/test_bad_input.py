@@ -197,6 +197,21 @@ def test_an_image_list_saved_as_bytes_is_read_as_utf8_text(capsys, tmp_path, dig
     assert "holds byte strings that are not UTF-8" in refused(capsys, tmp_path, "--data-dir", data)
 
 
+def test_loader_workers_default_to_at_most_the_cores_available(tmp_path, digits_master, monkeypatch, caplog):
+    import cli
+
+    data = slice_digits(digits_master, tmp_path / "mine", 40, 20, copy_images=False)
+    monkeypatch.setattr(cli, "available_cores", lambda: 2)
+    with caplog.at_level("INFO"):
+        mine = parse_args(["-d", "mine", "--data-dir", str(data), "-g", "cpu", "--out", str(tmp_path / "a")])
+    assert mine.num_workers == 2 and "2 loader workers" in caplog.text  # the neutral default is 8
+    assert parse_args(["-d", "coco", "--data-dir", str(data), "-g", "cpu", "--out", str(tmp_path / "b")]).num_workers == 2
+    assert parse_args(["-d", "mine", "--data-dir", str(data), "-g", "cpu", "--num-workers", "6",
+                       "--out", str(tmp_path / "c")]).num_workers == 6  # a flag wins
+    monkeypatch.setattr(cli, "available_cores", lambda: 16)
+    assert parse_args(["-d", "coco", "--data-dir", str(data), "-g", "cpu", "--out", str(tmp_path / "d")]).num_workers == 8
+
+
 def test_default_digits_folder_is_the_only_one_built(tmp_path):
     cfg = parse_args(["-g", "cpu", "--out", str(tmp_path / "run")])
     assert cfg.data_dir == DATA_ROOT / "digits"
