@@ -9,13 +9,16 @@ workers against 6,574 for nvJPEG). Here:
     DeviceDecodeLoader           a DataLoader of bytes that yields (images, labels, index)
                                  like the PIL loaders, so the training loop is unchanged
 
-Baseline 3-component JPEGs are decoded in one batched `torchvision.io.decode_jpeg`
-call on the device (nvJPEG on CUDA, libjpeg on CPU: the same code path, so the CPU
-tests exercise it). Everything else is decoded one image at a time on the CPU and
-moved: PNG and other formats and grayscale / CMYK JPEGs with
-`decode_image(mode=RGB)`, and JPEGs without an end marker (possibly truncated)
-with PIL, so that an unreadable image fails (or is skipped with --skip-bad-images)
-exactly as on the PIL path.
+Baseline 3-component JPEGs are decoded in one batched `decode_jpeg` call on the device
+(nvJPEG on CUDA, libjpeg on CPU: the same code path, so the CPU tests exercise it).
+Everything else is decoded one image at a time on the CPU and moved: PNG and other
+formats and grayscale / CMYK JPEGs with `decode_image(mode=RGB)`, and JPEGs without an
+end marker (possibly truncated) with PIL, so that an unreadable image fails (or is
+skipped with --skip-bad-images) exactly as on the PIL path.
+
+The decoders are TorchCodec's where it is installed and decodes on the run's device
+(torchvision 0.29 deprecates its own for them), else torchvision.io's: `image_codec`
+picks one per run and says which; both give libjpeg's / nvJPEG's pixels.
 
 Flips are drawn in the worker with one `torch.rand(1)` per sample, as
 `T.RandomHorizontalFlip` draws it: same seed, same flips as the PIL path.
@@ -27,7 +30,7 @@ import logging
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -43,12 +46,62 @@ from preprocess import Preprocess
 Batches = Callable[[Dataset, int, bool, "torch.Generator | None"], Sampler]
 
 log = logging.getLogger(__name__)
-# torchvision 0.29 deprecates its decoders for TorchCodec's and warns on every call; if they go,
-# check_device_decode refuses --decode gpu in one line.
+# torchvision 0.29 deprecates its decoders for TorchCodec's and warns on every call: it is the
+# fallback where TorchCodec is not installed.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated")
 
 DECODERS = ("pil", "gpu")
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class ImageCodec(NamedTuple):
+    """One library's two decoders: `jpegs(data, device)` a batch of baseline JPEGs on the device;
+    `image(data)` any format on the CPU; both (3, H, W) uint8 RGB. Each raises RuntimeError or
+    ValueError on data it cannot decode."""
+
+    name: str
+    jpegs: Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]
+    image: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _torchcodec() -> ImageCodec:
+    from torchcodec.decoders import decode_image, decode_jpeg
+
+    def image(data: torch.Tensor) -> torch.Tensor:
+        decoded = decode_image(data, mode="RGB")
+        return decoded[0] if decoded.dim() == 4 else decoded  # an animated image: its first frame, as PIL
+
+    return ImageCodec("torchcodec", lambda data, device: decode_jpeg(data, mode="RGB", device=device), image)
+
+
+def _torchvision() -> ImageCodec:
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    return ImageCodec("torchvision.io", lambda data, device: decode_jpeg(data, mode=ImageReadMode.RGB, device=device),
+                      lambda data: decode_image(data, mode=ImageReadMode.RGB))
+
+
+CODECS: dict[str, Callable[[], ImageCodec]] = {"torchcodec": _torchcodec, "torchvision": _torchvision}  # preferred first
+
+
+def image_codec(device: torch.device) -> ImageCodec:
+    """The first of CODECS that imports and decodes a JPEG on `device`; refuses --decode gpu in one line
+    when none can."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "JPEG")
+    probe = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    failures = []
+    for name, make in CODECS.items():
+        try:
+            codec = make()
+            codec.jpegs([probe], device)
+        except (ImportError, OSError, RuntimeError, TypeError, ValueError) as err:
+            failures.append(f"{name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+            continue
+        log.info(f"--decode gpu: {codec.name} decodes the JPEGs on {device}")
+        return codec
+    raise UserError(f"--decode gpu: no JPEG decoder for {device} ({'; '.join(failures)}); drop --decode gpu / --fast, "
+                    f"or install torchcodec (or a torchvision built with nvJPEG)")
 
 
 class FileBytesDataset(ImageFiles):
@@ -116,17 +169,15 @@ def _decode_pil(data: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def _decode_cpu(data: torch.Tensor) -> torch.Tensor:
-    """One image on the CPU, (3, H, W) uint8: torchvision.io, or PIL where it cannot (or must judge a
+def _decode_cpu(data: torch.Tensor, codec: ImageCodec) -> torch.Tensor:
+    """One image on the CPU, (3, H, W) uint8: the codec, or PIL where it cannot (or must judge a
     JPEG without an end marker: libjpeg pads a truncated file with grey where PIL refuses it)."""
-    from torchvision.io import ImageReadMode, decode_image
-
     if jpeg_components(data) is not None and not _has_end_marker(data):
         return _decode_pil(data)
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
+        return codec.image(data)
     except (RuntimeError, ValueError):
-        return _decode_pil(data)  # formats torchvision.io lacks (BMP, TIFF, ...) or a damaged file: PIL decides
+        return _decode_pil(data)  # formats the codec lacks (BMP, TIFF, ...) or a damaged file: PIL decides
 
 
 class BatchDecoder:
@@ -137,21 +188,20 @@ class BatchDecoder:
     and normalise in the order of `T.ToTensor` + `T.Normalize`.
     """
 
-    def __init__(self, preprocess: Preprocess, device: torch.device):
+    def __init__(self, preprocess: Preprocess, device: torch.device, codec: ImageCodec):
         self.size = preprocess.size
         self.device = device
+        self.codec = codec
         self.mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=device).view(3, 1, 1)
         self.std = torch.tensor(preprocess.std, dtype=torch.float32, device=device).view(3, 1, 1)
 
     def decode(self, data: list[torch.Tensor], paths: list[str], skip_unreadable: bool = False) -> list[torch.Tensor | None]:
         """(3, H, W) uint8 images on the device; None for an unreadable one with `skip_unreadable`."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         images: list[torch.Tensor | None] = [None] * len(data)
         batched = [i for i, d in enumerate(data) if jpeg_components(d) == 3 and _has_end_marker(d)]
         if batched:
             try:
-                decoded = decode_jpeg([data[i] for i in batched], mode=ImageReadMode.RGB, device=self.device)
+                decoded = self.codec.jpegs([data[i] for i in batched], self.device)
                 for i, image in zip(batched, decoded):
                     images[i] = image
             except RuntimeError as err:  # one file the batched decoder refuses fails the batch: one by one below
@@ -160,7 +210,7 @@ class BatchDecoder:
             if image is not None:
                 continue
             try:
-                images[i] = _decode_cpu(data[i]).to(self.device, non_blocking=True)
+                images[i] = _decode_cpu(data[i], self.codec).to(self.device, non_blocking=True)
             except _PIL_ERRORS as err:
                 if not skip_unreadable:
                     raise unreadable_image(paths[i], err) from err
@@ -216,23 +266,12 @@ class DeviceDecodeLoader:
             yield self.decoder(images, flips), labels, index
 
 
-def check_device_decode(device: torch.device) -> None:
-    """Refuses `--decode gpu` in one line when this torchvision cannot decode a JPEG on `device`."""
-    try:
-        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
-
-        probe = encode_jpeg(torch.zeros((3, 8, 8), dtype=torch.uint8))
-        decode_jpeg([probe], mode=ImageReadMode.RGB, device=device)
-    except (ImportError, RuntimeError, TypeError) as err:
-        raise UserError(f"--decode gpu: this torchvision cannot decode JPEGs on {device} "
-                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
-                        f"drop --decode gpu / --fast, or install a torchvision built with nvJPEG") from err
-
-
-def device_loader(split: Split, preprocess: Preprocess, device: torch.device, batch_size: int, num_workers: int,
-                  train: bool = False, hflip: bool = False, flip_views: bool = False, skip_unreadable: bool = False,
-                  generator: torch.Generator | None = None, batches: Batches | None = None) -> DeviceDecodeLoader:
-    """A `--decode gpu` loader of `split`: shuffled and flipped (if `hflip`) when `train`, else in order.
+def device_loader(split: Split, preprocess: Preprocess, device: torch.device, codec: ImageCodec, batch_size: int,
+                  num_workers: int, train: bool = False, hflip: bool = False, flip_views: bool = False,
+                  skip_unreadable: bool = False, generator: torch.Generator | None = None,
+                  batches: Batches | None = None) -> DeviceDecodeLoader:
+    """A `--decode gpu` loader of `split` decoded by `codec` (image_codec): shuffled and flipped (if `hflip`)
+    when `train`, else in order.
     `batches(dataset, batch_size, shuffle, generator)` makes the batch sampler (this process's share under torchrun)."""
     dataset = FileBytesDataset(split, skip_unreadable=skip_unreadable and train, flip=train and hflip,
                                flip_views=train and hflip and flip_views)
@@ -240,4 +279,4 @@ def device_loader(split: Split, preprocess: Preprocess, device: torch.device, ba
         dict(batch_sampler=batches(dataset, batch_size, train, generator))
     loader = DataLoader(dataset, **batching, generator=generator, num_workers=num_workers,
                         collate_fn=collate_bytes, persistent_workers=num_workers > 0 and not train)
-    return DeviceDecodeLoader(loader, BatchDecoder(preprocess, device))
+    return DeviceDecodeLoader(loader, BatchDecoder(preprocess, device, codec))

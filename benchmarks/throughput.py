@@ -34,7 +34,7 @@ from PIL import Image
 
 from cli import parse_args
 from datasets import load_splits
-from device_decode import check_device_decode
+from device_decode import image_codec
 from fileio import save_npy_atomic
 from models import MultiLabelModel, create_backbone
 from modes.setup import build_loss, make_loaders
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels, as a long run would
     decodes = ["pil", "gpu"]
     try:
-        check_device_decode(device)
+        print(f"--decode gpu decodes with {image_codec(device).name}")
     except Exception as err:  # noqa: BLE001 - report and go on with PIL only
         print(f"gpu decoding unavailable: {err}")
         decodes = ["pil"]

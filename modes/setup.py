@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from class_names import load_class_names
 from config import Config
 from datasets import DatasetSplits, ImageDataset, Split, collate_skipping
-from device_decode import check_device_decode, device_loader
+from device_decode import device_loader, image_codec
 from losses import create_loss
 from methods.base import SPMLLoss
 from methods.vlpl.scores import train_similarities
@@ -106,8 +106,8 @@ def _device_decode_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabel
                            flip_views: bool) -> dict:
     """--decode gpu: the same four loaders, decoding on the run's device (device_decode.py)."""
     device = torch.device(cfg.device)
-    check_device_decode(device)
-    common = dict(preprocess=model.preprocess, device=device, batch_size=cfg.bsize, num_workers=cfg.num_workers,
+    codec = image_codec(device)
+    common = dict(preprocess=model.preprocess, device=device, codec=codec, batch_size=cfg.bsize, num_workers=cfg.num_workers,
                   batches=batch_sampler)
     return {
         "train": device_loader(splits.train, train=True, hflip=hflip, flip_views=flip_views,

@@ -1,7 +1,8 @@
-"""The speed options (issue 14): --decode gpu on the CPU against the PIL path, --amp bf16,
---channels-last, the losses read once per window, and the deterministic digits CNN."""
+"""The speed options: --decode gpu on the CPU against the PIL path (with TorchCodec's and torchvision's
+decoders), --amp bf16, --channels-last, the losses read once per window, and the deterministic digits CNN."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -11,8 +12,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from cli import parse_args
+import device_decode
 from datasets import ImageDataset, Split, collate_skipping
-from device_decode import check_device_decode, device_loader, jpeg_components
+from device_decode import CODECS, device_loader, image_codec, jpeg_components
 from errors import UserError
 from main import main
 from models import create_backbone
@@ -49,9 +51,17 @@ def _pil_batches(split: Split, train: bool, flip_views: bool = False, seed: int 
     return list(loader)
 
 
-def _device_batches(split: Split, train: bool, flip_views: bool = False, seed: int = 0, device=CPU):
-    batches = device_loader(split, PRE, device, batch_size=5, num_workers=0, train=train, hflip=train,
-                            flip_views=flip_views, generator=torch.Generator().manual_seed(seed))
+@pytest.fixture(params=list(CODECS))
+def codec(request):
+    """Each library that decodes for --decode gpu (TorchCodec where installed, torchvision.io)."""
+    if request.param == "torchcodec":
+        pytest.importorskip("torchcodec.decoders")
+    return CODECS[request.param]()
+
+
+def _device_batches(split: Split, train: bool, flip_views: bool = False, seed: int = 0, device=CPU, codec=None):
+    batches = device_loader(split, PRE, device, codec or image_codec(device), batch_size=5, num_workers=0, train=train,
+                            hflip=train, flip_views=flip_views, generator=torch.Generator().manual_seed(seed))
     return [(images.cpu(), labels, index) for images, labels, index in batches]
 
 
@@ -62,14 +72,14 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("train,flip_views", [(False, False), (True, False), (True, True)])
-def test_device_decode_matches_the_pil_path(tmp_path, train, flip_views, device):
+def test_device_decode_matches_the_pil_path(tmp_path, train, flip_views, device, codec):
     """Same shapes, labels, index (flip views too) and flips; pixels within one grey level
-    (libjpeg on the CPU; nvJPEG upsamples chroma its own way: a few levels)."""
+    (libjpeg on the CPU; nvJPEG upsamples chroma its own way: a few levels), with either library."""
     split = _images(tmp_path)
     torch.manual_seed(0)
     pil = _pil_batches(split, train, flip_views)
     torch.manual_seed(0)  # with no workers the flips come from the global RNG: same draws
-    dev = _device_batches(split, train, flip_views, device=device)
+    dev = _device_batches(split, train, flip_views, device=device, codec=codec)
     bound = (1.01, 0.3) if device.type == "cpu" else (8.0, 1.0)
     assert len(pil) == len(dev)
     for (a, la, ia), (b, lb, ib) in zip(pil, dev):
@@ -99,39 +109,50 @@ def test_jpeg_components_reads_the_frame_header(tmp_path):
     assert found == [None, 3, 1, 4, None, None]
 
 
-def test_same_size_pngs_are_bit_identical_to_pil(small_digits):
+def test_same_size_pngs_are_bit_identical_to_pil(small_digits, codec):
     """Digits (24x24 PNGs, a 24 px model): no resize, so the two paths give the same tensors."""
     names = np.load(small_digits / "formatted_train_images.npy")[:8]
     split = Split(np.array([str(small_digits / "images" / n) for n in names]), np.zeros((8, 1), np.float32))
-    b = next(iter(device_loader(split, Preprocess(24, (0.5,) * 3, (0.5,) * 3), CPU, 8, 0)))[0]
+    b = next(iter(device_loader(split, Preprocess(24, (0.5,) * 3, (0.5,) * 3), CPU, codec, 8, 0)))[0]
     a = next(iter(DataLoader(ImageDataset(split, Preprocess(24, (0.5,) * 3, (0.5,) * 3).transform(False, False)),
                              batch_size=8)))[0]
     assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("damage", ["truncated_jpeg", "truncated_png", "empty"])
-def test_unreadable_images_fail_or_are_skipped_as_with_pil(tmp_path, damage):
+def test_unreadable_images_fail_or_are_skipped_as_with_pil(tmp_path, damage, codec):
     split = _images(tmp_path, 6)
     path = split.images[1 if damage == "truncated_jpeg" else 0]
     data = open(path, "rb").read()
     open(path, "wb").write(b"" if damage == "empty" else data[: len(data) // 2])
     with pytest.raises(UserError, match=f"cannot read image {path}: .*--skip-bad-images"):
-        _device_batches(split, False)
-    kept = list(device_loader(split, PRE, CPU, 6, 0, train=True, skip_unreadable=True,
+        _device_batches(split, False, codec=codec)
+    kept = list(device_loader(split, PRE, CPU, codec, 6, 0, train=True, skip_unreadable=True,
                               generator=torch.Generator().manual_seed(0)))
     (images, labels, index), = kept
     assert len(index) == len(labels) == len(images) == 5 and split.images.tolist().index(path) not in index.tolist()
 
 
-def test_decode_gpu_without_a_decoder_is_one_line(monkeypatch):
-    import torchvision.io
+def test_the_codec_is_torchcodec_where_it_decodes_else_torchvision(monkeypatch):
+    def refusing(name: str):
+        def make():
+            raise ImportError(f"No module named {name!r}")
+        return make
 
-    def refuse(*args, **kwargs):
+    if importlib.util.find_spec("torchcodec") is not None:
+        assert image_codec(CPU).name == "torchcodec"
+    monkeypatch.setitem(CODECS, "torchcodec", refusing("torchcodec"))
+    assert image_codec(CPU).name == "torchvision.io"
+
+
+def test_decode_gpu_without_a_decoder_is_one_line(monkeypatch):
+    def no_gpu():
         raise RuntimeError("Not compiled with GPU support")
 
-    monkeypatch.setattr(torchvision.io, "decode_jpeg", refuse)
-    with pytest.raises(UserError, match=r"--decode gpu: .*\(Not compiled with GPU support\); drop --decode gpu"):
-        check_device_decode(CPU)
+    monkeypatch.setattr(device_decode, "CODECS", {"torchcodec": no_gpu, "torchvision": no_gpu})
+    with pytest.raises(UserError, match=r"--decode gpu: no JPEG decoder for cpu \(torchcodec: Not compiled with GPU "
+                                        r"support; torchvision: Not compiled .*\); drop --decode gpu"):
+        image_codec(CPU)
 
 
 def test_fast_preset_and_explicit_flags():
