@@ -1,4 +1,4 @@
-"""Benchmarks of issue 3: APL selection on a COCO-size score matrix, and a linear-mode epoch on
+"""Benchmarks of the linear path: APL selection on a COCO-size score matrix, and a linear-mode epoch on
 COCO-size cached features (synthetic values, the real shapes).
 
     python -m benchmarks.bench_apl_linear [--rows 65665] [--classes 80] [--dim 2048]

@@ -1,4 +1,4 @@
-"""Images/s of the input pipeline, the backbone's train step, and real training steps (issue 14).
+"""Images/s of the input pipeline, the backbone's train step, and real training steps.
 
     python -m benchmarks.throughput                                    # CPU: resnet18 at 224, 128 images
     python -m benchmarks.throughput --device cuda --model resnet50 --size 448 --bsize 16 \\

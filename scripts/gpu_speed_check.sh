@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14's checks on a GPU, in one run (about 8 minutes on one H100/H200):
+# The speed checks on a GPU, in one run (about 8 minutes on one H100/H200):
 #   1. --deterministic on CUDA with the default digits model: runs, and twice gives the same metrics;
 #      then one epoch each of resnet18, convnext_tiny and a tiny clip_vision (random weights);
 #   2. the decoding tests on CUDA (nvJPEG against PIL: RGB, grayscale and CMYK JPEGs, PNG, flips);

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -128,5 +129,12 @@ def test_help_and_readme_cite_papers_not_internal_documents(capsys):
     help_text = capsys.readouterr().out
     for text in (PAGES, help_text):
         assert "SPEC" not in text
+    # users do not have the project's issues: nothing they read names one
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    shipped = [REPO_ROOT / name for name in listed.split() if not name.startswith("tests/")
+               and Path(name).suffix in {".py", ".md", ".sh", ".txt", ".toml"}]
+    named = [f"{p.relative_to(REPO_ROOT)}: {m.group()}" for p in shipped
+             for m in re.finditer(r"(?i)\bissues? #?\d+", p.read_text())]
+    assert named == [] and not re.search(r"(?i)\bissues? #?\d+", help_text)
     iu_help = help_text[help_text.index("iu:"):help_text.index("pr:")]
     assert "--num-neg" not in iu_help  # a flag of preproc.generate_observed_labels, not of main.py
