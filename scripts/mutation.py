@@ -63,11 +63,12 @@ def prepare(module: str, tests: list[str], work: Path) -> None:
     for name in project_files():
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, work / name)
-    # mutmut runs the tests inside mutants/: everything but the module is copied there as it is
-    others = sorted({name.split("/")[0] for name in project_files()} - {module.split("/")[0]})
-    if "/" in module:  # the rest of the module's own package
-        package = Path(module).parts[0]
-        others += [name for name in project_files() if name.startswith(package + "/") and name != module]
+    # mutmut runs the tests inside mutants/: everything but the module is copied there as it is, as the
+    # siblings (files or whole folders) of the module and of each folder above it
+    parts = Path(module).parts
+    others = sorted({"/".join(Path(name).parts[:depth + 1]) for name in project_files()
+                     for depth in range(len(parts)) if Path(name).parts[:depth] == parts[:depth]}
+                    - {"/".join(parts[:depth + 1]) for depth in range(len(parts))})
     settings = {
         "source_paths": [module],
         "also_copy": others,
