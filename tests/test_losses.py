@@ -70,17 +70,32 @@ def test_hand_values(name):
     loss = _build(name)
     terms = loss(torch.tensor(LOGITS), VIEW_TARGETS[LOSSES[name].label_view], INDEX)
     assert sum(terms.values()).item() == pytest.approx(EXPECTED[name], rel=1e-4)
+    # the terms' names are what metrics.jsonl records (train_terms)
+    assert set(terms) == ({"main", "reg"} if name == "epr" else {"main"})
+
+
+# Row 0's unknown entry at p = .25 made an observed negative: every loss below trains it as
+# -log(1 - p) (the references' neg_log), in place of its unknown term.
+OBSERVED_NEGATIVE = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
+WITH_NEGATIVE = {
+    "iu": (L(.75) + L(.75) + L(.75)) / 6,
+    # pr ranks the positive over unknown entries only: row 0 keeps .75 (over .5), plus the negative's L(.75)
+    "pr": (0.75 + L(.75) + 0.75 + 0.5) / 6,
+    "an": EXPECTED["an"],  # AN already took the entry for a negative
+    "epr": (L(.75) + L(.75) + L(.75)) / 6 + REG,
+    "EM": EXPECTED["EM"] + (0.1 * H(.25) + L(.75)) / 6,
+}
+
+
+@pytest.mark.parametrize("name", sorted(WITH_NEGATIVE))
+def test_observed_negatives_train_as_negatives(name):
+    terms = _build(name)(torch.tensor(LOGITS), OBSERVED_NEGATIVE, INDEX)
+    assert sum(terms.values()).item() == pytest.approx(WITH_NEGATIVE[name], rel=1e-4)
 
 
 def test_every_registered_loss_has_a_hand_value():
     # role: test_role_hand_value; EM_PL, EM_PL_ASL: tests/test_vlpl.py; PU: tests/test_pu.py
     assert set(LOSSES) - set(EXPECTED) == {"role", "EM_PL", "EM_PL_ASL", "PU"}
-
-
-def test_iu_trains_observed_negatives():
-    targets = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
-    value = sum(_build("iu")(torch.tensor(LOGITS), targets, INDEX).values()).item()
-    assert value == pytest.approx((L(.75) + L(.75) + L(.75)) / 6, rel=1e-4)
 
 
 def test_role_hand_value():
