@@ -3,10 +3,11 @@
     python scripts/summarize.py runs/coco_em runs/coco_em_apl [--out DIR]
 
 Each argument is a run folder or a folder holding run folders (a seed sweep);
-every results.json below it is read. A row pools the seeds of one dataset x loss
-under one protocol (backbone, image size, val variant, stop rule, data variant,
-and every other setting but the seed and where/how fast it ran); runs of one
-dataset x loss under different protocols make one row each, and the `setting`
+every results.json below it is read, except those of a run's phases (linear_init's
+linear/ and fine_tune/: the run is one row). A row pools the seeds of one dataset x loss
+under one protocol (backbone, image size, val variant, stop rule, data variant, number
+of processes, and every other setting but the seed and where/how fast it ran); runs of
+one dataset x loss under different protocols make one row each, and the `setting`
 column names what differs. A seed that appears twice in one row is refused,
 naming both folders. Runs that did not complete are left out, with a warning:
 their numbers were not earned. std is the sample standard deviation (n - 1).
@@ -41,6 +42,8 @@ COLUMNS = ["dataset", "loss", "setting", "n", "seeds", "test_map_mean", "test_ma
 
 
 def find_results(paths: list[Path]) -> list[Path]:
+    """Every results.json under `paths`, but those of a run's phases: a folder below another
+    results.json (linear_init's linear/ and fine_tune/) is part of that run."""
     found = []
     for path in paths:
         if not path.is_dir():
@@ -48,7 +51,8 @@ def find_results(paths: list[Path]) -> list[Path]:
         hits = sorted(path.rglob("results.json"))
         if not hits:
             raise UserError(f"no results.json under {path}; pass the --out folder of main.py runs")
-        found += hits
+        runs = {hit.parent for hit in hits}
+        found += [hit for hit in hits if runs.isdisjoint(hit.parent.parents)]
     return sorted(set(found))
 
 
@@ -72,7 +76,10 @@ def protocol(results: dict) -> dict:
     """The protocol columns of one run; image size may be in results (recorded by main) or in the config."""
     config = results["config"]
     patience = config.get("patience", 0)
-    stop = f"patience {patience}, max {config['epochs']} ep" if patience else f"best of {config['epochs']} ep"
+    epochs = results.get("phase_epochs", config["epochs"])  # a phase's own length (linear_init's linear phase)
+    stop = f"patience {patience}, max {epochs} ep" if patience else f"best of {epochs} ep"
+    if "linear_phase" in results:
+        stop = f"linear best of {config['linear_epochs']} ep, then {stop}"
     return {
         "backbone": config["model"],
         "image_size": results.get("image_size", config.get("image_size", "?")),
@@ -86,15 +93,16 @@ def protocol(results: dict) -> dict:
 def _comparable(results: dict) -> dict:
     # A run older than a setting ran with its default: it pools with newer runs at that default.
     # The label protocol in full (its sampling seed too): runs on other observed labels are never pooled.
+    # The processes of a torchrun run too: each one's BatchNorm and loss statistics see its share of the batch.
     config = with_defaults(results["config"])
     return {**{k: v for k, v in config.items() if k not in POOLABLE}, **protocol(results),
-            "label_protocol": results.get("label_protocol")}
+            "label_protocol": results.get("label_protocol"), "world_size": results.get("world_size", 1)}
 
 
 def load_runs(paths: list[Path]) -> list[dict]:
     runs = []
     for path in find_results(paths):
-        results = read_json(path, "results file")
+        results = _with_phase_facts(path.parent, read_json(path, "results file"))
         if results.get("status") != "completed":
             log.warning(f"left out {path.parent}: status {results.get('status')!r} "
                         f"({results.get('reason', 'not finished')}); resume it with main.py --resume")
@@ -103,6 +111,16 @@ def load_runs(paths: list[Path]) -> list[dict]:
     if not runs:
         raise UserError("no completed run to summarise")
     return runs
+
+
+def _with_phase_facts(run: Path, results: dict) -> dict:
+    """linear_init's top-level results.json holds the run's result; the facts of what it trained on
+    (image size, data variant, label protocol) and its epochs are in its fine-tune phase's."""
+    fine_tune = run / "fine_tune" / "results.json"
+    if "linear_phase" not in results or not fine_tune.is_file():
+        return results
+    facts = {k: v for k, v in read_json(fine_tune, "results file").items() if k not in ("config", "phase_epochs")}
+    return {**facts, **results}
 
 
 def _setting(protocol: dict, others: list[dict]) -> str:
