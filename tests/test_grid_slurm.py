@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -104,16 +105,29 @@ def test_a_digits_grid_runs_as_a_slurm_job_array(slurm, digits_master, tmp_path,
         monkeypatch.setenv(name, value)
     data = slice_digits(digits_master, tmp_path / "digits", 120, 60, copy_images=False)
     out = tmp_path / "grid"
-    argv = ["--out", str(out), "--losses", "an", "EM", "--seeds", "0", "1", "--slurm", "--jobs", "2",
-            "--cpus-per-task", "1", "--wait", "--", "--epochs", "1", "--data-dir", str(data)]
-    assert main(argv) == 0
+    grid = ["--out", str(out), "--losses", "an", "EM", "--seeds", "0", "1", "--slurm", "--jobs", "2", "--cpus-per-task", "1"]
+    flags = ["--", "--epochs", "1", "--data-dir", str(data)]
+    argv = [*grid, *flags]
+    codes: list[int] = []
+    waiting = threading.Thread(target=lambda: codes.append(main([*grid, "--wait", *flags])), daemon=True)
+    waiting.start()  # submits, then waits for the array to end
+    deadline = time.monotonic() + 60
+    while "slurm" not in _record(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    job = _record(out)["slurm"]["job"]
+    assert main(argv) == 2  # while its array is queued or running, the grid is not launched again
+    assert main(["--out", str(out), "--status"]) == 0
+    printed = capsys.readouterr()
+    assert f"Slurm job {job} of the grid in {out} is still queued or running" in printed.err
+    assert f"Slurm job array {job}: queued or running" in printed.err and printed.out.startswith("run ")
+    waiting.join(timeout=600)
+    assert codes == [0]
     printed = capsys.readouterr()
     assert "grid " + str(out) + ": 4 runs: 4 completed, 0 failed, 0 interrupted" in printed.err
     rows = [line for line in printed.out.splitlines() if line.startswith("| digits |")]
     assert len(rows) == 2 and all("| 2 (0 1) |" in row for row in rows), printed.out
 
-    record = json.loads((out / "grid.json").read_text())
-    job = record["slurm"]["job"]
+    record = _record(out)
     assert "#SBATCH --array=0-3%2" in (out / "grid.sbatch").read_text()
     for run in record["runs"]:  # each run in its own array task, which recorded how main.py ended
         attempt = json.loads((out / "logs" / f"{run['name']}.attempt.json").read_text())
@@ -123,4 +137,11 @@ def test_a_digits_grid_runs_as_a_slurm_job_array(slurm, digits_master, tmp_path,
 
     assert main(argv) == 0  # launched again: nothing left to submit
     assert capsys.readouterr().err.count("already completed, skipped") == 4
-    assert json.loads((out / "grid.json").read_text())["slurm"]["job"] == job
+    assert _record(out)["slurm"]["job"] == job
+
+
+def _record(out: Path) -> dict:
+    try:
+        return json.loads((out / "grid.json").read_text())
+    except OSError:
+        return {}

@@ -160,10 +160,15 @@ def _lock(out: Path):
         yield
 
 
+def _live_job(record: dict | None) -> str | None:
+    """The grid's last Slurm job array (kept in grid.json until another is submitted), if still queued or running."""
+    job = ((record or {}).get("slurm") or {}).get("job")
+    return job if job and shutil.which("squeue") and job_alive(job) else None
+
+
 def _launcher_alive(out: Path, record: dict | None) -> bool:
     """Whether the runs of the grid in `out` may be running now: a launcher holds its lock, or its Slurm job lives."""
-    job = ((record or {}).get("slurm") or {}).get("job")
-    if job and shutil.which("squeue") and job_alive(job):
+    if _live_job(record):
         return True
     try:
         with _lock(out):
@@ -185,12 +190,12 @@ def _slots(args: argparse.Namespace) -> list[str | None]:
 
 
 def _last_job_array(out: Path) -> dict | None:
-    """The grid's last Slurm job array (kept in grid.json until another is submitted); refused while it runs."""
-    slurm = (read_record(out) or {}).get("slurm")
-    if (job := (slurm or {}).get("job")) and shutil.which("squeue") and job_alive(job):
+    """The record of the grid's last Slurm job array; a launch is refused while it runs."""
+    record = read_record(out)
+    if job := _live_job(record):
         raise UserError(f"Slurm job {job} of the grid in {out} is still queued or running: wait for it to end "
                         f"(--status), or scancel {job}")
-    return slurm
+    return (record or {}).get("slurm")
 
 
 def _plan(out: Path, runs: list[Run], states: dict[str, dict], retry_failed: bool, gpu: str) -> list[Attempt]:
