@@ -33,8 +33,6 @@ def _pyplot():
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise UserError(f"{path}: the figures are PNG files; name it FILE.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)  # never bbox_inches="tight": it changes the size
     return path
@@ -53,8 +51,8 @@ def bar_chart(rows: list[dict], path: Path) -> Path:
         stds = [mine[m]["test_map_std"] if mine[m]["n"] > 1 else 0.0 for m in methods if m in mine]
         bars = ax.bar(xs, means, width, yerr=stds, capsize=3, label=dataset)
         ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
-    ax.set_xticks(range(len(methods)), methods, rotation=30 if len(methods) > 6 else 0, ha="right"
-                  if len(methods) > 6 else "center")
+    crowded = len(methods) > 6  # slanted names do not overlap
+    ax.set_xticks(range(len(methods)), methods, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel("test mAP (mean ± std over seeds)")
     ax.set_ylim(0, 105)
     if len(datasets) > 1:

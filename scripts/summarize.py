@@ -196,11 +196,11 @@ def text(rows: list[dict]) -> str:
 
 
 def csv_text(rows: list[dict]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in COLUMNS} for r in rows)
-    return text.getvalue()
+    return buffer.getvalue()
 
 
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
@@ -250,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curves", type=Path, metavar="FILE.png", help="val and test mAP per epoch of every run")
     args = parser.parse_args(argv)
     try:
-        runs = load_runs(args.run_dirs)
-        rows = summarize(runs)
+        for path in (args.plot, args.curves):
+            if path is not None and path.suffix.lower() != ".png":
+                raise UserError(f"{path}: the figures are PNG files; name it FILE.png")
+        rows = summarize(load_runs(args.run_dirs))
         sys.stdout.write(FORMATS[args.format](rows))
         out = args.out or args.run_dirs[0]
         out.mkdir(parents=True, exist_ok=True)
@@ -260,11 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(out / "summary.csv", csv_text(rows))
         log.info(f"written {md} and {out / 'summary.csv'}")
         if args.plot or args.curves:
-            from scripts.report_plots import bar_chart, curves
-
-            for path, draw in ((args.plot, lambda p: bar_chart(rows, p)), (args.curves, lambda p: curves(rows, p))):
-                if path is not None:
-                    log.info(f"written {draw(path)}")
+            from scripts import report_plots  # matplotlib: only for the figures
+        if args.plot:
+            log.info(f"written {report_plots.bar_chart(rows, args.plot)}")
+        if args.curves:
+            log.info(f"written {report_plots.curves(rows, args.curves)}")
     except UserError as err:
         log.error(f"error: {err}")
         return 2
