@@ -62,6 +62,16 @@ def test_preset_commands_parse(argv):
     build_parser().parse_args(argv)
 
 
+@pytest.mark.parametrize("argv", [argv for argv in commands("python -m scripts.grid") if argv], ids=" ".join)
+def test_grid_commands_parse(argv):
+    """The grid's own flags, and main.py's after --, as the grid reads them (nothing runs)."""
+    from scripts.grid.launch import build_parser as grid_parser
+
+    own, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    grid_parser().parse_args(own)
+    build_parser().parse_args(flags)
+
+
 @pytest.mark.parametrize("module", sorted({argv[0] for argv in commands("python -m ")} - {"pytest"}))
 def test_python_m_modules_exist(module):
     assert importlib.util.find_spec(module) is not None, module
