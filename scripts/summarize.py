@@ -172,11 +172,11 @@ def _pm(mean: float, std: float) -> str:
 
 def _cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """The table of the text and Markdown formats: its header and one list of cells per row."""
-    header = ["dataset", "loss", "setting", "seeds", "test mAP", "val mAP", "backbone", "image size", "val", "stop rule",
-              "data variant", "labels"]
-    body = [[r["dataset"], r["loss"], r["setting"], f"{r['n']} ({r['seeds']})", _pm(r["test_map_mean"], r["test_map_std"]),
-             _pm(r["val_map_mean"], r["val_map_std"]), r["backbone"], str(r["image_size"]), r["val_variant"],
-             r["stop_rule"], r["data_variant"], r["labels"]] for r in rows]
+    header = ["dataset", "loss", "setting", "seeds", "test mAP", "val mAP", "backbone", "image size", "val",
+              "stop rule", "data variant", "labels"]
+    body = [[r["dataset"], r["loss"], r["setting"], f"{r['n']} ({r['seeds']})",
+             _pm(r["test_map_mean"], r["test_map_std"]), _pm(r["val_map_mean"], r["val_map_std"]), r["backbone"],
+             str(r["image_size"]), r["val_variant"], r["stop_rule"], r["data_variant"], r["labels"]] for r in rows]
     return header, body
 
 
@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, help="folder for summary.md and summary.csv (default: the first RUN_DIR)")
     parser.add_argument("--format", choices=FORMATS, default="markdown",
-                        help="the table printed: markdown (default), text, csv, or latex (booktabs, methods x datasets)")
+                        help="the table printed: markdown (default), text, csv, or latex (booktabs, methods x "
+                             "datasets)")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
                         help="a bar chart of test mAP per method and dataset, the std over seeds as error bars")
     parser.add_argument("--curves", type=Path, metavar="FILE.png", help="val and test mAP per epoch of every run")

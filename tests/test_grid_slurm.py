@@ -65,8 +65,9 @@ def slurm(tmp_path_factory):
     conf.write_text(_slurm_conf(root, node))
     env = {**os.environ, "SLURM_CONF": str(conf), "PATH": SBIN}
     daemons = [
-        ["munged", "-F", "-f", f"--socket={root / 'munge.sock'}", f"--key-file={key}", f"--pid-file={root / 'munged.pid'}",
-         f"--seed-file={root / 'munged.seed'}", f"--log-file={root / 'munged.log'}"],
+        ["munged", "-F", "-f", f"--socket={root / 'munge.sock'}", f"--key-file={key}",
+         f"--pid-file={root / 'munged.pid'}", f"--seed-file={root / 'munged.seed'}",
+         f"--log-file={root / 'munged.log'}"],
         ["slurmctld", "-D", "-c", "-f", str(conf)],
         ["slurmd", "-D", "-f", str(conf), "-N", node],
     ]
@@ -105,7 +106,8 @@ def test_a_digits_grid_runs_as_a_slurm_job_array(slurm, digits_master, tmp_path,
         monkeypatch.setenv(name, value)
     data = slice_digits(digits_master, tmp_path / "digits", 120, 60, copy_images=False)
     out = tmp_path / "grid"
-    grid = ["--out", str(out), "--losses", "an", "EM", "--seeds", "0", "1", "--slurm", "--jobs", "2", "--cpus-per-task", "1"]
+    grid = ["--out", str(out), "--losses", "an", "EM", "--seeds", "0", "1", "--slurm", "--jobs", "2",
+            "--cpus-per-task", "1"]
     flags = ["--", "--epochs", "1", "--data-dir", str(data)]
     argv = [*grid, *flags]
     codes: list[int] = []

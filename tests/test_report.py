@@ -25,7 +25,8 @@ def _curve(val: list[float], test: list[float]) -> list[dict]:
 
 
 def _grid(root: Path, shift: float = 0.0) -> Path:
-    """pascal: EM 88 / 89, an 85 / 86.5, EM_APL 80 (1 seed); coco: EM 70 / 72.5, an 75 (1 seed); `shift` moves every mAP."""
+    """pascal: EM 88 / 89, an 85 / 86.5, EM_APL 80 (1 seed); coco: EM 70 / 72.5, an 75 (1 seed);
+    `shift` moves every mAP."""
     for name, seed, test, extra in (("em1", 1, 88.0, {}), ("em2", 2, 89.0, {}), ("an1", 1, 85.0, {"loss": "an"}),
                                     ("an2", 2, 86.5, {"loss": "an"}), ("apl", 1, 80.0, {"loss": "EM_APL"}),
                                     ("c_em1", 1, 70.0, {"dataset": "coco"}), ("c_em2", 2, 72.5, {"dataset": "coco"}),
@@ -56,8 +57,8 @@ def test_text_and_csv_formats(tmp_path, capsys):
     header, *rows = capsys.readouterr().out.splitlines()
     column = header.index("test mAP")
     assert header.startswith("dataset  loss") and len(rows) == 5
-    assert [row[column:column + 12] for row in rows] == ["71.25 ± 1.77", "75.00 (1 see", "88.50 ± 0.71", "80.00 (1 see",
-                                                         "85.75 ± 1.06"]
+    assert [row[column:column + 12] for row in rows] == ["71.25 ± 1.77", "75.00 (1 see", "88.50 ± 0.71",
+                                                         "80.00 (1 see", "85.75 ± 1.06"]
     assert summarize.main([str(grid), "--format", "csv"]) == 0
     table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["dataset"], r["loss"], r["n"], r["test_map_mean"]) for r in table] == [
@@ -75,11 +76,12 @@ def test_plots_are_pngs_of_their_size_drawn_from_the_grid(tmp_path):
         assert Image.open(curves).size == (1000, 2 * 360)  # a row of panels per dataset
         pixels.append([np.asarray(Image.open(path).convert("RGB")) for path in (bars, curves)])
     assert not np.array_equal(pixels[0][0], pixels[1][0]) and not np.array_equal(pixels[0][1], pixels[1][1])
-    assert summarize.main([str(tmp_path / "a"), "--plot", str(tmp_path / "bars.jpg")]) == 2  # PNG only, said in one line
+    assert summarize.main([str(tmp_path / "a"), "--plot", str(tmp_path / "bars.jpg")]) == 2  # PNG only
 
 
 def _linear_init_run(run: Path, seed: int, test_map: float) -> None:
-    """The three results.json files of a linear_init run (`--linear-epochs 2 --epochs 1`), as modes/linear.py writes them."""
+    """The three results.json files of a linear_init run (`--linear-epochs 2 --epochs 1`), as modes/linear.py
+    writes them."""
     config = {"train_mode": "linear_init", "linear_epochs": 2, "epochs": 1, "patience": 1, "model": "digits_cnn",
               "dataset": "digits"}
     fake_run(run / "linear", seed, 60.0, **{**config, "patience": 0})  # the linear phase trains every epoch
@@ -96,8 +98,8 @@ def test_a_linear_init_run_is_one_row_and_its_phases_keep_their_epochs(tmp_path,
     _linear_init_run(tmp_path / "li" / "seed2", 2, 72.0)
     assert summarize.main([str(tmp_path / "li")]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| digits |")]
-    assert rows == ["| digits | EM | - | 2 (1 2) | 71.00 ± 1.41 | 80.00 ± 0.00 | digits_cnn | 24 | clean | linear best of "
-                    "2 ep, then patience 1, max 1 ep | - | single positive |"]
+    assert rows == ["| digits | EM | - | 2 (1 2) | 71.00 ± 1.41 | 80.00 ± 0.00 | digits_cnn | 24 | clean | "
+                    "linear best of 2 ep, then patience 1, max 1 ep | - | single positive |"]
     assert summarize.main([str(tmp_path / "li" / "seed1" / "linear")]) == 0  # a phase alone: its own 2 epochs
     assert "| best of 2 ep |" in capsys.readouterr().out
 

@@ -2,7 +2,7 @@
 
     python -m scripts.grid --out runs/grid --losses an EM --seeds 0 1 2 --jobs 2 -- --epochs 5
     python -m scripts.grid --out runs/grid --losses an EM --gpus 0,1,2,3 -- -d coco
-    python -m scripts.grid --out runs/grid --file grid.toml --slurm --partition gpu --gres gpu:1 --time 12:00:00 --jobs 8
+    python -m scripts.grid --out runs/grid --file grid.toml --slurm --partition gpu --gres gpu:1 --time 12:00:00
     python -m scripts.grid --out runs/grid --status
 
 Exit code: 0 when every run completed (or diverged: a result), 1 when some failed or are
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="any other sbatch option, e.g. --sbatch=--account=abc (repeatable)")
     slurm.add_argument("--wait", action="store_true", help="wait for the job array to end, then report")
     p.add_argument("--dry-run", action="store_true", help="print what would run (the sbatch script), start nothing")
-    p.add_argument("--retry-failed", action="store_true", help="run the runs that failed again (resumed if they can be)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run the runs that failed again (resumed if they can be)")
     p.add_argument("--resume", action="store_true", help="go on with the grid --out holds, as it was launched")
     p.add_argument("--status", action="store_true", help="print where each run of the grid in --out stands")
     p.add_argument("--run-task", type=int, help=argparse.SUPPRESS)  # one Slurm array task (slurm.py)
@@ -89,7 +90,8 @@ def _spec(args: argparse.Namespace, flags: list[str], out: Path) -> Spec:
     if args.resume:
         record = read_record(out)
         if record is None:
-            raise UserError(f"--resume: {out} holds no grid (no grid.json); launch one with --losses/--datasets/--seeds")
+            raise UserError(f"--resume: {out} holds no grid (no grid.json); launch one with "
+                            f"--losses/--datasets/--seeds")
         given = [f"--{key}" for key in ("losses", "datasets", "seeds", "file") if getattr(args, key)]
         if given or flags:
             shown = ", ".join(given + (["main.py flags after --"] if flags else []))
@@ -226,7 +228,8 @@ def launch(args: argparse.Namespace, flags: list[str]) -> int:
     slurm = _last_job_array(out)
     states = {run.name: run_state(out, run.name) for run in runs}
     todo = _plan(out, runs, states, args.retry_failed, gpu)
-    batch = script(out, [a.run.index for a in todo], _slurm_options(args), gpu, args.retry_failed) if args.slurm else None
+    indices = [attempt.run.index for attempt in todo]
+    batch = script(out, indices, _slurm_options(args), gpu, args.retry_failed) if args.slurm else None
     if args.dry_run:
         sys.stdout.write(batch if args.slurm and todo else "".join(" ".join(a.command) + "\n" for a in todo))
         log.info(f"--dry-run: {len(todo)} of {len(runs)} runs to do; nothing started")
@@ -236,7 +239,7 @@ def launch(args: argparse.Namespace, flags: list[str]) -> int:
     with _lock(out):
         write_record(out, spec, runs, configs, states, slurm)
         if todo and args.slurm:
-            slurm = {"job": submit(out, batch), "runs": [a.run.index for a in todo], "submitted": time.time()}
+            slurm = {"job": submit(out, batch), "runs": indices, "submitted": time.time()}
             write_record(out, spec, runs, configs, states, slurm)
             log.info(f"submitted Slurm job array {slurm['job']}: {len(todo)} run(s) (logs in {out / 'logs'})")
             if not args.wait:

@@ -57,7 +57,8 @@ class Spec:
         runs = []
         for dataset, loss, seed in itertools.product(self.datasets or [None], self.losses or [None], self.seeds):
             parts = [part for part in (dataset, loss) if part is not None] + [f"seed{seed}"]
-            argv = [*self.flags, *(["-d", dataset] if dataset else []), *(["-l", loss] if loss else []), "-s", str(seed)]
+            axes = [*(["-d", dataset] if dataset else []), *(["-l", loss] if loss else []), "-s", str(seed)]
+            argv = [*self.flags, *axes]
             runs.append(Run(len(runs), "_".join(parts), tuple(argv)))
         return runs
 
@@ -173,8 +174,8 @@ def check_folder(out: Path, spec: Spec, configs: dict[str, dict]) -> None:
                             f"{', '.join(dropped[:3])}{' ...' if len(dropped) > 3 else ''} are not in this one; {fix}")
         for name, config in saved.items():
             if config != configs[name]:
-                raise UserError(f"{out} holds another grid: run {name} differs ({_differences(config, configs[name])}); "
-                                f"{fix}")
+                raise UserError(f"{out} holds another grid: run {name} differs "
+                                f"({_differences(config, configs[name])}); {fix}")
         return
     if not out.is_dir():
         return

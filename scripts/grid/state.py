@@ -105,7 +105,8 @@ def run_state(out: Path, name: str, launcher_alive: bool = False) -> dict:
     elif status in ("diverged", "failed"):
         state = status
     elif code not in (None, 0) and not stopped:
-        state, reason = "failed", _last_error(out, name) or f"main.py exited with code {code} (see {log_path(out, name)})"
+        state = "failed"
+        reason = _last_error(out, name) or f"main.py exited with code {code} (see {log_path(out, name)})"
     elif status == "interrupted":
         state = "interrupted"
     elif stopped:
