@@ -127,6 +127,7 @@ def test_slurm_dry_run_prints_the_job_array_script(tmp_path, capsys):
         f"#SBATCH --job-name=spml-grid", "#SBATCH --array=0-3%3", f"#SBATCH --output={out}/logs/slurm-%A_%a.out",
         "#SBATCH --partition=gpu", "#SBATCH --time=2:00:00", "#SBATCH --gres=gpu:1", "#SBATCH --cpus-per-task=4",
         "#SBATCH --account=abc"]
+    assert "export OMP_NUM_THREADS=4" in lines  # the cores Slurm gives each run
     assert lines[-1].endswith(f'-m scripts.grid --out {out} --run-task "$SLURM_ARRAY_TASK_ID" --task-gpu 0')
     assert not out.exists()
 

@@ -75,6 +75,8 @@ def script(out: Path, indices: list[int], options: SlurmOptions, gpu: str, retry
         f"# One array task per run of the grid in {out}: INDEX is the run's place in its grid.json.",
         f"cd {shlex.quote(os.getcwd())}  # main.py's relative paths are relative to where the grid was launched",
         f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}",
+        # torch would take every core of the node: the run's threads are the cores Slurm gave it
+        *([f"export OMP_NUM_THREADS={options.cpus_per_task}"] if options.cpus_per_task else []),
         "exec " + " ".join(shlex.quote(arg) if not arg.startswith("$") else f'"{arg}"' for arg in task),
     ]) + "\n"
 
@@ -116,9 +118,10 @@ def run_task(out: Path, index: int, gpu: str, retry_failed: bool) -> int:
         raise UserError(f"--run-task {index}: {out} holds no grid run of that index")
     run = record["runs"][index]
     name = run["name"]
-    how = action(out, name, run_state(out, name)["state"], retry_failed)
+    state = run_state(out, name)["state"]
+    how = action(out, name, state, retry_failed)
     if how is None:
-        log.info(f"{name}: {run_state(out, name)['state']}, nothing to do")
+        log.info(f"{name}: {state}, nothing to do")
         return 0
     argv = command(sys.executable, REPO_ROOT / "main.py", out, tuple(run["argv"]), name, how, gpu)
     job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{os.environ.get('SLURM_ARRAY_TASK_ID', index)}"

@@ -84,7 +84,12 @@ def _last_error(out: Path, name: str) -> str | None:
 
 
 def _stopped(code: int) -> str:
-    return STOPPED.get(code) or f"killed by {signal.Signals(code - 128).name}"
+    if code in STOPPED:
+        return STOPPED[code]
+    try:
+        return f"killed by {signal.Signals(code - 128).name}"
+    except ValueError:
+        return f"stopped with exit code {code}"
 
 
 def run_state(out: Path, name: str, launcher_alive: bool = False) -> dict:
