@@ -73,13 +73,16 @@ def end_attempt(out: Path, name: str, exit_code: int) -> None:
 
 
 def _last_error(out: Path, name: str) -> str | None:
-    """main.py's one-line error in the run's log, since its last attempt began."""
+    """main.py's one-line error in the run's log since its last attempt began (or a traceback's last line)."""
     try:
         lines = log_path(out, name).read_text(errors="replace").splitlines()
     except OSError:
         return None
     since = max((i for i, line in enumerate(lines) if line.startswith("=== attempt ")), default=0)
-    errors = [line for line in lines[since:] if line.startswith("error: ")]
+    lines = lines[since:]
+    errors = [line for line in lines if line.startswith("error: ")]
+    if not errors and (tracebacks := [i for i, line in enumerate(lines) if line.startswith("Traceback ")]):
+        errors = [line for line in lines[tracebacks[-1]:] if line and not line[0].isspace()]
     return errors[-1] if errors else None
 
 
