@@ -147,12 +147,38 @@ def test_runs_n_at_once_a_failed_run_leaves_the_others_a_killed_run_resumes(digi
     grid = ["--out", str(out), "--seeds", "0", "1", "2", "--jobs", "2"]
     flags = ["--", "-l", "EM", "--epochs", "6", "--patience", "0", "--data-dir", str(data)]
 
+    def ended(seed: int) -> bool:
+        try:
+            return "ended" in json.loads((out / "logs" / f"seed{seed}.attempt.json").read_text())
+        except (OSError, ValueError):
+            return False
+
     def sabotage() -> None:
-        # seed 1 fails at its first checkpoint (a folder is in the way of last.pt) while seed 0 trains on
-        _wait_for(lambda: (out / "seed1" / "train.log").exists(), "seed 1 to start")
-        (out / "seed1" / "last.pt").mkdir()
-        (out / "seed1" / "last.pt" / "in_the_way").touch()
-        # seed 2, started in its slot, is killed hard after its first checkpoint (before it, no epoch is resumable)
+        # Seeds 0 and 1 are each held (SIGSTOP) as soon as they train; a folder is put in the way of seed 1's first
+        # checkpoint and seed 1 goes on alone, to fail there; seed 0 goes on once seed 1 has failed: the failure
+        # comes while seed 0 trains, whatever the two processes' start times.
+        held: dict[int, list[int]] = {}
+        try:
+            def hold_started() -> bool:
+                for seed in {0, 1} - set(held):
+                    if (out / f"seed{seed}" / "train.log").exists():
+                        held[seed] = main_py_pids(out / f"seed{seed}")
+                        for pid in held[seed]:
+                            os.kill(pid, signal.SIGSTOP)
+                return len(held) == 2
+
+            _wait_for(hold_started, "seeds 0 and 1 to start")
+            assert not (out / "seed1" / "last.pt").exists(), "seed 1 ended its first epoch before it was held"
+            (out / "seed1" / "last.pt").mkdir()
+            (out / "seed1" / "last.pt" / "in_the_way").touch()
+            for pid in held.pop(1):
+                os.kill(pid, signal.SIGCONT)
+            _wait_for(lambda: ended(1), "seed 1 to fail")
+        finally:  # never leave a run stopped: the grid would wait for it forever
+            for pid in sum(held.values(), []):
+                os.kill(pid, signal.SIGCONT)
+        # seed 2, started in seed 1's slot, is killed hard after its first checkpoint (before it, no epoch is
+        # resumable)
         _wait_for(lambda: (out / "seed2" / "last.pt").exists(), "seed 2's first checkpoint")
         for pid in main_py_pids(out / "seed2"):
             os.kill(pid, signal.SIGKILL)
@@ -164,7 +190,6 @@ def test_runs_n_at_once_a_failed_run_leaves_the_others_a_killed_run_resumes(digi
     attempts = [json.loads((out / "logs" / f"seed{s}.attempt.json").read_text()) for s in range(3)]
     spans = [(a["started"], a["ended"]) for a in attempts]
     assert max(sum(start <= t < end for start, end in spans) for t, _ in spans) == 2  # two at a time, never three
-    assert attempts[1]["ended"] < attempts[0]["ended"]  # seed 0 was training when seed 1 failed: it went on
     err = capsys.readouterr().err
     assert "grid " + str(out) + ": 3 runs: 1 completed, 1 failed, 1 interrupted" in err
     assert "failed seed1: IsADirectoryError: " in err
