@@ -247,7 +247,12 @@ def launch(args: argparse.Namespace, flags: list[str]) -> int:
                          f"again once it ends to resume what did not complete")
                 return 0
             seen: set[str] = set()
-            wait(slurm["job"], lambda: _announce(out, todo, seen))
+            try:
+                wait(slurm["job"], lambda: _announce(out, todo, seen))
+            except KeyboardInterrupt:
+                log.warning(f"stopped waiting; Slurm job array {slurm['job']} goes on (scancel {slurm['job']} "
+                            f"stops it; --status follows it)")
+                return 130
         elif todo:
             log.info(f"grid {out}: {len(todo)} of {len(runs)} runs to do, {len(slots)} at a time")
             stopped = run_local(out, todo, slots)
@@ -330,3 +335,5 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exit_:  # -h
         return int(exit_.code or 0)
+    except KeyboardInterrupt:  # before any run started (a run here is stopped by run_local)
+        return 130
