@@ -1,4 +1,5 @@
-"""The one digits fixture: the embedded dataset built once per test run in a temp folder, and slices of it."""
+"""The one digits fixture: the embedded dataset built once per test run in a temp folder, and slices of it;
+and `main_py_pids`, the main.py processes training into a run folder (for tests that stop them)."""
 from __future__ import annotations
 
 import shutil
@@ -62,3 +63,16 @@ def digits_dir(digits_master: Path, tmp_path: Path) -> Path:
 def tiny_clip() -> Path:
     """The shipped open_clip model config of a CLIP small enough for a CPU (randomly initialised)."""
     return DATA_ROOT / "tiny_clip.json"
+
+
+def main_py_pids(run: Path) -> list[int]:
+    """The main.py processes whose command line names the run folder `run`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+        except OSError:  # it ended meanwhile
+            continue
+        if any(arg.endswith(b"main.py") for arg in argv) and str(run).encode() in argv:
+            pids.append(int(proc.name))
+    return pids

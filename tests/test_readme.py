@@ -119,6 +119,16 @@ def test_preset_commands_expand_to_their_published_flags(argv, preset_data, tmp_
     assert_config_takes_the_flags(_with_preset(argv), cfg)
 
 
+@pytest.mark.parametrize("argv", [argv for argv in commands("python -m scripts.grid") if argv], ids=" ".join)
+def test_grid_commands_parse(argv):
+    """The grid's own flags, and main.py's after --, as the grid reads them (nothing runs)."""
+    from scripts.grid.launch import build_parser as grid_parser
+
+    own, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    grid_parser().parse_args(own)
+    build_parser().parse_args(flags)
+
+
 @pytest.mark.parametrize("module", sorted({argv[0] for argv in commands("python -m ")} - {"pytest"}))
 def test_python_m_modules_exist(module):
     assert importlib.util.find_spec(module) is not None, module

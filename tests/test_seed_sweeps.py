@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import summarize  # scripts/, on pytest's pythonpath
-from conftest import slice_digits
+from conftest import main_py_pids, slice_digits
 
 from presets import REPO_ROOT
 
@@ -111,49 +111,49 @@ def test_sweep_script_on_digits_two_seeds(digits_master, tmp_path):
     seeds = [json.loads((out / f"seed{s}" / "results.json").read_text()) for s in (1, 2)]
     assert [r["config"]["seed"] for r in seeds] == [1, 2] and all(r["status"] == "completed" for r in seeds)
     assert seeds[0]["test_map"] != seeds[1]["test_map"]  # really two seeds
+    assert "| digits | EM | - | 2 (1 2) |" in done.stdout  # the table, at the end
 
     # seed 2 as if killed before its first epoch ended: the sweep's rerun starts it again in place
     for name in ("last.pt", "best.pt", "metrics.jsonl", "results.json"):
         (out / "seed2" / name).unlink()
     again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stderr.count("already completed") == 1, again.stderr[-2000:]
-    assert "killed before its first epoch ended; starting it again" in again.stderr
+    assert "killed before its first epoch ended; starting it again" in (out / "logs" / "seed2.log").read_text()
     assert json.loads((out / "seed2" / "results.json").read_text())["test_map"] == seeds[1]["test_map"]
 
-    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0 and again.stderr.count("already completed") == 2
-    refused = subprocess.run([*args, "-s", "3"], env=env, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "drop -s" in refused.stderr
 
-    summary = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "summarize.py"), str(out)],
-                             capture_output=True, text=True, timeout=60)
-    assert summary.returncode == 0, summary.stderr
-    assert "| digits | EM | - | 2 (1 2) |" in summary.stdout
+def test_a_sweep_refused_leaves_nothing_behind(tmp_path, capsys):
+    """The sweep is the grid: what it refuses, it refuses in one line, before writing anything."""
+    from scripts.grid.launch import main as grid
+
+    out = tmp_path / "sweep"
+    assert grid(["--out", str(out), "--seeds", "1", "2", "--", "-g", "cpu", "-s", "3"]) == 2
+    assert "main.py flag --seed given after --: give the seeds with --seeds" in capsys.readouterr().err
+    assert grid(["--out", str(out), "--seeds", "1", "2", "--", "-g", "cpu", "--epochs", "0"]) == 2
+    assert capsys.readouterr().err == "error: argument --epochs: must be > 0, got 0\n"
+    assert not out.exists()  # no empty folder left behind (other settings in a sweep's folder: tests/test_grid.py)
 
 
-def test_sweep_stops_whole_on_ctrl_c_and_shows_each_seeds_error(digits_master, tmp_path):
+def test_sweep_stops_whole_on_ctrl_c(digits_master, tmp_path):
     data = slice_digits(digits_master, tmp_path / "digits", 160, 160, copy_images=False)
     script = REPO_ROOT / "scripts" / "sweep_seeds.sh"
-    env = {**os.environ, "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHON": sys.executable, "JOBS": "2"}  # both seeds at once: both are stopped
     out = tmp_path / "sweep"
-    args = [str(script), str(out), "1 2", "-g", "cpu", "-l", "EM", "--epochs", "20", "--patience", "0",
+    args = [str(script), str(out), "1 2 3", "-g", "cpu", "-l", "EM", "--epochs", "20", "--patience", "0",
             "--data-dir", str(data)]
-    # Ctrl-C in a terminal reaches the whole foreground process group: bash, main.py and tee
+    # Ctrl-C in a terminal reaches the whole foreground process group: here the grid, which passes it on
     # SIG_DFL: a test runner started in the background (`cmd &` in a script) passes SIGINT on as ignored
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 60
-    while not (out / "seed1" / "train.log").exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while not all((out / f"seed{s}" / "train.log").exists() for s in (1, 2)) and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert "sweep interrupted (Ctrl-C) at seed 1" in err
-    assert not (out / "seed2").exists()  # the next seed never started
-    assert json.loads((out / "seed1" / "results.json").read_text())["status"] == "interrupted"
-
-    bad = subprocess.run([str(script), str(tmp_path / "bad"), "1 2", "-g", "cpu", "--epochs", "0"], env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 1
-    assert "seed 1: error: argument --epochs: must be > 0, got 0" in bad.stderr
-    assert "train.log" not in bad.stderr  # no log exists to point at
+    assert "SIGINT: stopping 2 running run(s)" in err
+    assert not (out / "seed3").exists()  # the next seed never started
+    for seed in (1, 2):
+        assert json.loads((out / f"seed{seed}" / "results.json").read_text())["status"] == "interrupted"
+        assert f"interrupted seed{seed}: interrupted by the user (Ctrl-C)" in err
+        assert main_py_pids(out / f"seed{seed}") == []  # nothing left running
