@@ -214,6 +214,22 @@ def test_resume_of_a_run_cut_before_its_first_epoch_starts_it_again(small_digits
     assert json.loads((out / "results.json").read_text())["status"] == "completed"
 
 
+def test_a_run_killed_between_epoch_1s_record_and_its_checkpoint_starts_again(small_digits, tmp_path, monkeypatch):
+    from training import trainer
+
+    def killed_before_saving(*args, **kwargs):  # epoch 1 logged (metrics.jsonl, results.json), no checkpoint yet
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "save_checkpoint", killed_before_saving)
+        assert main(flags(small_digits, out, "--epochs", "2")) == 130
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1 and not list(out.glob("*.pt"))
+    assert main(["--resume", str(out), "-g", "cpu"]) == 0
+    assert main(flags(small_digits, tmp_path / "straight", "--epochs", "2")) == 0
+    assert epochs_without_time(out) == epochs_without_time(tmp_path / "straight")
+
+
 def _train_orders(loader, epochs: int = 2) -> list[list[int]]:
     return [[i for batch in loader for i in batch[2].tolist()] for _ in range(epochs)]
 

@@ -16,6 +16,7 @@ from cli import _with_preset, parse_args
 from config import Config
 from conftest import slice_digits
 from flags import build_parser
+from losses import LOSSES
 from main import main
 from preproc.generate_observed_labels import generate_observed_labels
 from presets import REPO_ROOT, RUN_PRESETS
@@ -23,7 +24,14 @@ from presets import REPO_ROOT, RUN_PRESETS
 README = (REPO_ROOT / "README.md").read_text()
 # the README and every page of docs/: their commands are checked alike
 PAGES = "\n".join([README, *(p.read_text() for p in sorted((REPO_ROOT / "docs").glob("*.md")))])
-PLACEHOLDER = re.compile(r"[A-Z]{3,}|<|\[|\$")  # DATASET, <out>, [--flag ...], $loss: a template, not a command
+TEMPLATE = re.compile(r"<|\[|\$")  # <out>, [--flag ...], $loss: a template, not a command
+# a word the reader fills in (DATASET, DIR, VECTORS.npy); loss names (EM_APL, ASL) are real values
+PLACEHOLDER_WORD = re.compile(r"(?:^|[/=.])([A-Z][A-Z0-9_]{2,})(?:$|[./])")
+
+
+def is_template(args: str) -> bool:
+    words = [m.group(1) for token in args.split() for m in PLACEHOLDER_WORD.finditer(token)]
+    return bool(TEMPLATE.search(args)) or any(word not in LOSSES for word in words)
 
 
 def commands(program: str) -> list[list[str]]:
@@ -31,9 +39,15 @@ def commands(program: str) -> list[list[str]]:
     for line in PAGES.splitlines():
         for match in re.finditer(re.escape(program) + r"(?P<args>[^`#\n]*)", line):
             args = match.group("args").strip().rstrip(".,;:")
-            if not PLACEHOLDER.search(args) and "&&" not in args:
+            if not is_template(args) and "&&" not in args:
                 found.append(shlex.split(args))
     return found
+
+
+def test_placeholders_are_told_from_values():
+    assert is_template("-d DATASET -l LOSS") and is_template("--word-vectors VECTORS.npy") and is_template("--out DIR/run")
+    assert is_template("preproc.NAME")
+    assert not is_template("-l EM_APL") and not is_template("-l EM_PL_ASL --clip-model data/tiny_clip.json")
 
 
 # --resume / --eval-only examples name a run folder of the reader's; -h only prints

@@ -211,21 +211,23 @@ def restart_if_unstarted(cfg: Config, out: Path) -> Config:
 
 
 def _restart_if_unstarted(cfg: Config, out: Path) -> Config:
-    """Under --resume, a run or phase killed before its first epoch ended holds no checkpoint and
-    no finished epoch, only the files its run log writes (no training to lose): they are removed
-    and the config comes back with resume off, so it starts afresh. A folder holding anything
-    else (epochs logged, files of the user's) is left as it is, and the resume refused."""
+    """Under --resume, a run or phase killed before its first checkpoint holds only the files its run
+    log writes, and at most the record of epoch 1 (logged just before its checkpoint is written): no
+    training to lose, so they are removed and the config comes back with resume off, to start
+    afresh. A folder holding anything else (more epochs logged, a completed run, files of the
+    user's) is left as it is, and the resume refused."""
     if not cfg.resume or any(out.rglob("*.pt")):
         return cfg
     if out.exists():
         files = [path for path in out.rglob("*") if not path.is_dir()]
-        if logged := [path for path in files if path.name == "metrics.jsonl" and path.stat().st_size > 0]:
+        logged = [path for path in files if path.name == "metrics.jsonl" and path.stat().st_size > 0]
+        if logged and (len(logged[0].read_text().splitlines()) > 1 or run_status(out) == "completed"):
             raise UserError(f"--resume {out}: {logged[0]} records finished epochs but no checkpoint is left "
                             f"to resume from (were the .pt files deleted?); start a new run")
         if foreign := [str(path.relative_to(out)) for path in files if path.name not in RUN_FILES]:
             raise UserError(f"--resume {out}: no epoch completed, and it holds files spml did not write "
                             f"({', '.join(sorted(foreign))}); move them away and resume again")
-        log.info(f"{out}: killed before its first epoch ended; starting it again")
+        log.info(f"{out}: killed before its first checkpoint was written; starting it again")
         shutil.rmtree(out)  # only run-log files, checked above
     return dataclasses.replace(cfg, resume=False)
 
