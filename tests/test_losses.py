@@ -84,6 +84,7 @@ WITH_NEGATIVE = {
     "an": EXPECTED["an"],  # AN already took the entry for a negative
     "epr": (L(.75) + L(.75) + L(.75)) / 6 + REG,
     "EM": EXPECTED["EM"] + (0.1 * H(.25) + L(.75)) / 6,
+    "EM_APL": EXPECTED["EM"] + (0.1 * H(.25) + L(.75)) / 6,  # before its first pseudo-label, EM
 }
 
 
