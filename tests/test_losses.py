@@ -94,6 +94,15 @@ def test_observed_negatives_train_as_negatives(name):
     assert sum(terms.values()).item() == pytest.approx(WITH_NEGATIVE[name], rel=1e-4)
 
 
+def test_role_trains_an_observed_negative_as_a_negative_of_both_f_and_g():
+    loss = _build("role")
+    with torch.no_grad():
+        loss.label_logits.zero_()  # q = .5 everywhere
+    with_negative = loss(torch.tensor(LOGITS), OBSERVED_NEGATIVE, INDEX)["main"].item()
+    without = loss(torch.tensor(LOGITS), VIEW_TARGETS["observed"], INDEX)["main"].item()
+    assert with_negative - without == pytest.approx(0.5 * (L(.75) + L(.5)) / 6, rel=1e-4)  # p = .25, q = .5
+
+
 def test_every_registered_loss_has_a_hand_value():
     # role: test_role_hand_value; EM_PL, EM_PL_ASL: tests/test_vlpl.py; PU: tests/test_pu.py
     assert set(LOSSES) - set(EXPECTED) == {"role", "EM_PL", "EM_PL_ASL", "PU"}

@@ -104,6 +104,16 @@ def test_large_loss_permanent_correction_by_hand():
     assert torch.equal(restored.corrected, loss.corrected)
 
 
+def test_large_loss_k_counts_entries_of_the_batch():
+    """k = ceil(B C rate): the batch's rows times its classes (67 x 3 = 201 entries at 10%: 20.1 -> 21)."""
+    assert num_large(67, 3, "LL-Cp", 10.0, 5) == 21 and num_large(67, 3, "LL-R", 10.0, 2) == 21
+    loss = create_loss("LL-R", LossHyper(epochs=3, delta_rel=50.0), 2, 3)
+    loss.attach_train_labels(LL_TARGETS)
+    loss.start_epoch(2, lambda: None)  # k = ceil(2 x 3 x .5) = 3 of the 4 unknown entries rejected: one -ln .75 is left
+    value = loss(LL_LOGITS, LL_TARGETS, INDEX)["main"].item()
+    assert value == pytest.approx((-ln(.75) - ln(.75) - ln(.75)) / 6, rel=1e-5)
+
+
 def test_large_loss_schedule():
     assert [num_large(8, 20, "LL-R", 0.5, e) for e in (1, 2, 3, 10)] == [0, 1, 2, 8]  # ceil(160 x .005 (e - 1))
     # 200 x .005 is 1 exactly: the authors' 1 - (1 - .005) in floats gives 1.0000000000000009 and k = 2
