@@ -17,8 +17,8 @@ moved: PNG and other formats and grayscale / CMYK JPEGs with
 with PIL, so that an unreadable image fails (or is skipped with --skip-bad-images)
 exactly as on the PIL path.
 
-Flips are drawn in the worker with one `torch.rand(1)` per sample, as
-`T.RandomHorizontalFlip` draws it: same seed, same flips as the PIL path.
+Flips are drawn per image (preprocess.ImageDraws, from the run's seed, the epoch and the
+row), as on the PIL path: the same flips.
 """
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ class FileBytesDataset(ImageFiles):
     file with `skip_unreadable`. `flip`: draw a random horizontal flip per sample (train);
     `flip_views`: report a flipped sample as index + N (see datasets.ImageDataset)."""
 
-    def __init__(self, split: Split, skip_unreadable: bool = False, flip: bool = False, flip_views: bool = False):
-        super().__init__(split, skip_unreadable, flip_views)
+    def __init__(self, split: Split, skip_unreadable: bool = False, flip: bool = False, flip_views: bool = False,
+                 seed: int | None = None):
+        super().__init__(split, skip_unreadable, flip_views, seed)
         self.flip = flip
 
     def __getitem__(self, index: int):
@@ -66,7 +67,7 @@ class FileBytesDataset(ImageFiles):
             data = Path(path).read_bytes()
         except OSError as err:
             return self.unreadable(path, err)
-        flipped = self.flip and bool(torch.rand(1) < 0.5)  # the draw of T.RandomHorizontalFlip
+        flipped = self.flip and self.draws(index).flip()
         view = index + len(self.images) * int(flipped and self.flip_views)
         # an empty file has no buffer to wrap; the decoder then reports it unreadable
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
@@ -231,11 +232,13 @@ def check_device_decode(device: torch.device) -> None:
 
 def device_loader(split: Split, preprocess: Preprocess, device: torch.device, batch_size: int, num_workers: int,
                   train: bool = False, hflip: bool = False, flip_views: bool = False, skip_unreadable: bool = False,
-                  generator: torch.Generator | None = None, batches: Batches | None = None) -> DeviceDecodeLoader:
-    """A `--decode gpu` loader of `split`: shuffled and flipped (if `hflip`) when `train`, else in order.
-    `batches(dataset, batch_size, shuffle, generator)` makes the batch sampler (this process's share under torchrun)."""
+                  generator: torch.Generator | None = None, batches: Batches | None = None,
+                  seed: int = 0) -> DeviceDecodeLoader:
+    """A `--decode gpu` loader of `split`: shuffled and flipped (if `hflip`, drawn per image from `seed`) when
+    `train`, else in order. `batches(dataset, batch_size, shuffle, generator)` makes the batch sampler (this
+    process's share under torchrun)."""
     dataset = FileBytesDataset(split, skip_unreadable=skip_unreadable and train, flip=train and hflip,
-                               flip_views=train and hflip and flip_views)
+                               flip_views=train and hflip and flip_views, seed=seed if train else None)
     batching = dict(batch_size=batch_size, shuffle=train) if batches is None else \
         dict(batch_sampler=batches(dataset, batch_size, train, generator))
     loader = DataLoader(dataset, **batching, generator=generator, num_workers=num_workers,

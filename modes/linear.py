@@ -91,6 +91,9 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Cached features have no random choice to draw (datasets.ImageFiles.set_epoch)."""
+
     def __getitem__(self, rows: list[int]):
         index = torch.as_tensor(rows)
         return self.features[index], self.labels[index], index

@@ -79,13 +79,14 @@ def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
     hflip = preset_of(cfg.dataset).hflip
     if cfg.decode == "gpu":
         return _device_decode_loaders(cfg, splits, model, hflip, flip_views)
-    train_tf = model.preprocess.transform(train=True, hflip=hflip and not flip_views)
+    train_tf = model.preprocess.transform(train=True, hflip=hflip)
     eval_tf = model.preprocess.transform(train=False, hflip=False)
     common = dict(num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu", persistent_workers=cfg.num_workers > 0)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    train_set = ImageDataset(splits.train, train_tf, skip_unreadable=cfg.skip_bad_images, flip_views=flip_views and hflip)
-    # Fresh train workers each epoch, seeded from shuffle_gen: with the generator's
-    # state in last.pt, a resumed epoch sees the same order and augmentations.
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # the order; its state is in last.pt
+    # flips and crops are drawn per image from the seed and the epoch (preprocess.ImageDraws), whatever the workers
+    train_set = ImageDataset(splits.train, train_tf, skip_unreadable=cfg.skip_bad_images, flip_views=flip_views and hflip,
+                             seed=cfg.seed)
+    # fresh train workers each epoch: they see the epoch the dataset was set to (ImageFiles.set_epoch)
     train_common = {**common, "persistent_workers": False}
 
     def in_order(split: Split) -> DataLoader:  # never drops the last partial batch (a trap of the references)
@@ -112,7 +113,7 @@ def _device_decode_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabel
     return {
         "train": device_loader(splits.train, train=True, hflip=hflip, flip_views=flip_views,
                                skip_unreadable=cfg.skip_bad_images, generator=torch.Generator().manual_seed(cfg.seed),
-                               **common),
+                               seed=cfg.seed, **common),
         "train_eval": device_loader(splits.train, **common),
         "val": device_loader(splits.val, **common),
         "test": device_loader(splits.test, **common),

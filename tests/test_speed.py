@@ -42,8 +42,8 @@ def _images(tmp_path, n: int = 12) -> Split:
 
 
 def _pil_batches(split: Split, train: bool, flip_views: bool = False, seed: int = 0):
-    # with flip_views the dataset flips, not the transform (as make_loaders builds them)
-    dataset = ImageDataset(split, PRE.transform(train=train, hflip=train and not flip_views), flip_views=train and flip_views)
+    dataset = ImageDataset(split, PRE.transform(train=train, hflip=train), flip_views=train and flip_views,
+                           seed=seed if train else None)
     loader = DataLoader(dataset, batch_size=5, shuffle=train, generator=torch.Generator().manual_seed(seed),
                         collate_fn=collate_skipping)
     return list(loader)
@@ -51,7 +51,7 @@ def _pil_batches(split: Split, train: bool, flip_views: bool = False, seed: int 
 
 def _device_batches(split: Split, train: bool, flip_views: bool = False, seed: int = 0, device=CPU):
     batches = device_loader(split, PRE, device, batch_size=5, num_workers=0, train=train, hflip=train,
-                            flip_views=flip_views, generator=torch.Generator().manual_seed(seed))
+                            flip_views=flip_views, generator=torch.Generator().manual_seed(seed), seed=seed)
     return [(images.cpu(), labels, index) for images, labels, index in batches]
 
 
@@ -66,10 +66,8 @@ def test_device_decode_matches_the_pil_path(tmp_path, train, flip_views, device)
     """Same shapes, labels, index (flip views too) and flips; pixels within one grey level
     (libjpeg on the CPU; nvJPEG upsamples chroma its own way: a few levels)."""
     split = _images(tmp_path)
-    torch.manual_seed(0)
     pil = _pil_batches(split, train, flip_views)
-    torch.manual_seed(0)  # with no workers the flips come from the global RNG: same draws
-    dev = _device_batches(split, train, flip_views, device=device)
+    dev = _device_batches(split, train, flip_views, device=device)  # the same flips: drawn per image from the seed
     bound = (1.01, 0.3) if device.type == "cpu" else (8.0, 1.0)
     assert len(pil) == len(dev)
     for (a, la, ia), (b, lb, ib) in zip(pil, dev):
@@ -84,8 +82,7 @@ def test_device_decode_matches_the_pil_path(tmp_path, train, flip_views, device)
 
 def test_device_decode_flips_are_seeded(tmp_path):
     split = _images(tmp_path, 10)
-    def batches(seed):  # no workers: the order from the loader's generator, the flips from the run's seed
-        torch.manual_seed(seed)
+    def batches(seed):  # the order from the loader's generator, the flips drawn per image from the run's seed
         return _device_batches(split, True, seed=seed)
 
     first, again, other = batches(3), batches(3), batches(4)

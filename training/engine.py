@@ -209,6 +209,7 @@ def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, l
     for epoch in range(state.epoch + 1, epochs + 1):
         started = time.perf_counter()
         loss_fn.start_epoch(epoch, score_train)
+        loaders["train"].dataset.set_epoch(epoch)  # the epoch its per-image random choices are drawn for
         train = train_one_epoch(train_model or model, loaders["train"], loss_fn, optimizer, device, epoch, options,
                                 after_step)
         _agree_after_epoch(model, ema_model, loss_fn)
