@@ -24,7 +24,7 @@ from errors import UserError
 from main import main
 from presets import REPO_ROOT
 from training import distributed
-from training.distributed import ShardedBatchSampler, World, even_shares, step_weights
+from training.distributed import ShardedBatchSampler, World, even_shares, share_weight, step_shares
 
 NUM_TRAIN, NUM_VAL, NUM_TEST, C = 100, 25, 37, 4  # the val split is odd: 13 + 12 rows over 2 processes
 EPOCHS = 12
@@ -60,13 +60,16 @@ def test_sharded_batches_split_the_single_process_batches(n, bsize, size):
     assert covered == list(range(n))  # every example exactly once, no padding
 
 
-def test_step_weights_make_the_global_mean():
+def test_share_weights_make_the_global_mean(monkeypatch):
     size, bsize, n = 3, 9, 23  # last batch 5 -> shares 2, 2, 1
     for rank in range(size):
+        monkeypatch.setenv("WORLD_SIZE", str(size))
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
         sampler = ShardedBatchSampler(range(n), bsize, World(rank, size, rank))
-        weights = step_weights(DataLoader(range(n), batch_sampler=sampler))
-        assert weights[:-1] == [1.0, 1.0]
-        assert weights[-1] == pytest.approx(even_shares(5, size)[rank] * size / 5)
+        shares = step_shares(DataLoader(range(n), batch_sampler=sampler))
+        assert shares == [[3, 3, 3], [3, 3, 3], [2, 2, 1]]
+        assert [share_weight(counts) for counts in shares] == [1.0, 1.0, [1.2, 1.2, 0.6][rank]]
 
 
 def test_a_last_batch_smaller_than_the_world_is_refused():
@@ -190,50 +193,6 @@ def test_kill_9_then_resume_in_one_process_gives_the_uninterrupted_epochs(featur
     for a, b in zip(uninterrupted, resumed):
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
         assert (b["val_map"], b["test_map"]) == pytest.approx((a["val_map"], a["test_map"]), abs=1e-5)
-
-
-def _state_worker(rank: int, port: int, folder: Path) -> None:
-    """One rank of a 2-process epoch of ROLE (label matrix learned from the rows each rank sees)
-    and LL-Cp (corrections set by each rank's batches), each rank saving what it ends with."""
-    from methods.large_loss import LargeLoss
-    from methods.role import RoleLoss
-    from modes.linear import FeatureDataset
-    from training.engine import _agree_after_epoch, train_one_epoch
-
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.manual_seed(0)  # the same data and initial weights on both ranks, as after seed_all
-    n = 45  # 5 full batches of 8 and a last one of 5: shares 3 and 2
-    observed = torch.zeros(n, C)
-    observed[torch.arange(n), torch.randint(0, C, (n,))] = 1
-    dataset = FeatureDataset(torch.randn(n, 6).numpy(), observed.numpy())
-    states = {}
-    with distributed.process_group("cpu"):
-        for loss_fn in (RoleLoss(n, C, 1.0), LargeLoss("LL-Cp", n, C, 5.0)):
-            loss_fn.attach_train_labels(observed)
-            loss_fn.start_epoch(2, lambda: None)
-            model = torch.nn.Linear(6, C)
-            generator = torch.Generator().manual_seed(0)
-            loader = DataLoader(dataset, sampler=distributed.batch_sampler(dataset, 8, True, generator),
-                                batch_size=None, generator=generator)
-            optimizer = torch.optim.Adam([{"params": model.parameters()}, *loss_fn.param_groups(1e-2)], lr=1e-2)
-            train_one_epoch(distributed.wrap(model, torch.device("cpu"), False), loader, loss_fn, optimizer,
-                            torch.device("cpu"), 2)
-            _agree_after_epoch(model, None, loss_fn)
-            states[type(loss_fn).__name__] = {k: v.clone() for k, v in loss_fn.state_dict().items()}
-            states[type(loss_fn).__name__ + "_model"] = model.state_dict()
-    torch.save(states, folder / f"rank{rank}.pt")
-
-
-def test_loss_state_stays_the_same_on_every_rank(tmp_path):
-    torch.multiprocessing.start_processes(_state_worker, args=(_free_port(), tmp_path), nprocs=2,
-                                          start_method="fork")
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    for name in rank0:
-        for key in rank0[name]:
-            assert torch.equal(rank0[name][key], rank1[name][key]), (name, key)
-    assert rank0["LargeLoss"]["corrected"].any()  # LL-Cp corrected entries on both ranks' rows
 
 
 def _scoring_worker(rank: int, port: int, folder: Path) -> None:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from errors import UserError
 from instrumentation import RunLog, epoch_line
-from methods.base import SPMLLoss
+from methods.base import ONE_PROCESS, SPMLLoss
 from metrics import compute_metrics
 from training import distributed
 from training.speed import StepOptions
@@ -106,9 +106,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
     """One pass over `loader`; `after_step()` runs after every optimiser step (lr schedule, weight EMA).
 
     Under torchrun `model` is the DistributedDataParallel wrapper and `loader` gives this rank's part
-    of each global batch; its loss is weighted by its share (distributed.step_weights)."""
+    of each global batch: a loss that is a mean over images is computed on it and weighted by its share
+    (distributed.share_weight), a `whole_batch` loss on the gathered global batch (distributed.GlobalBatch)."""
     model.train()
-    weights = distributed.step_weights(loader)
+    shares = distributed.step_shares(loader)
     totals: dict[str, float] = {}
     seen = 0
     window: list[torch.Tensor] = []  # (1 + terms) losses of the steps not yet read
@@ -123,19 +124,20 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
         images = options.images_to(images, device)
         targets = targets.to(device, non_blocking=True)
         index = index.to(device, non_blocking=True)
+        whole = distributed.GlobalBatch(shares[step - 1]) if shares and loss_fn.whole_batch else ONE_PROCESS
         with options.autocast(device):
-            logits = model(images)
+            logits = whole.gather(model(images).float())  # the loss in fp32 whatever the forward's precision
+            targets, index = whole.gather(targets), whole.gather(index)
             # a loss may run the model again (PU's MixUp regulariser), at the same precision; most add nothing
-            extra = loss_fn.extra_terms(model, images, logits.float(), targets, index)
-        # the loss in fp32 whatever the forward's precision
-        terms = {**loss_fn(logits.float(), targets, index), **extra}
+            extra = loss_fn.extra_terms(model, images, logits, targets, index, whole)
+        terms = {**loss_fn(logits, targets, index), **extra}
         loss = sum(terms.values())
-        if weights is not None:
-            terms = {name: term * weights[step - 1] for name, term in terms.items()}
-            loss = loss * weights[step - 1]
+        if shares and not loss_fn.whole_batch:
+            weight = distributed.share_weight(shares[step - 1])
+            terms = {name: term * weight for name, term in terms.items()}
+            loss = loss * weight
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        distributed.average_gradients(loss_fn.parameters())
         optimizer.step()
         if after_step is not None:
             after_step()
@@ -180,14 +182,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, thresho
     return compute_metrics(scores, loader.dataset.labels.numpy(), threshold)
 
 
-def _agree_after_epoch(model: nn.Module, ema_model: nn.Module | None, loss_fn: SPMLLoss) -> None:
+def _agree_after_epoch(model: nn.Module, ema_model: nn.Module | None) -> None:
     """Under torchrun, what the ranks may hold differently after an epoch becomes the same everywhere
-    (the parameters already are): rank 0's buffers, the union of the loss's per-batch row updates."""
+    (the parameters and the loss's state already are): rank 0's buffers (BatchNorm's statistics)."""
     distributed.broadcast_buffers(model)
     if ema_model is not None:
         distributed.broadcast_buffers(ema_model)
-    for name in loss_fn.rows_set_by_batches:
-        distributed.merge_rows(getattr(loss_fn, name))
 
 
 def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, loaders: dict[str, DataLoader],
@@ -212,7 +212,7 @@ def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, l
         loaders["train"].dataset.set_epoch(epoch)  # the epoch its per-image random choices are drawn for
         train = train_one_epoch(train_model or model, loaders["train"], loss_fn, optimizer, device, epoch, options,
                                 after_step)
-        _agree_after_epoch(model, ema_model, loss_fn)
+        _agree_after_epoch(model, ema_model)
         val = evaluate(model, loaders["val"], device, threshold, "val", options)
         test = evaluate(model, loaders["test"], device, threshold, "test", options)
         record = {"epoch": epoch, "train_loss": train.pop("loss"), "skipped_images": train.pop("skipped_images"),
