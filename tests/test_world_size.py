@@ -2,28 +2,25 @@
 equals the single-process run (weights, loss state, per-epoch losses and metrics to 1e-5), and a
 2-process run interrupted and resumed in 1 process gives the uninterrupted epochs.
 
-Linear mode on cached features (fast: no backbone), 3 epochs of 45 training rows in global
-batches of 8: the last batch of 5 splits 3 + 2. The 2-process runs are forked ranks calling
-`main([...])` for every loss in turn, as torchrun would start them (WORLD_SIZE, RANK, ...).
+Linear mode on cached features (fast: no backbone), 3 epochs of the 45 training rows of
+`shapes_dataset` in global batches of 8: the last batch of 5 splits 3 + 2. The 2-process runs are forked ranks calling
+`main([...])` for every loss in turn (tests/ranks.py).
 """
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from conftest import shapes_dataset
 from losses import LOSSES
 from main import main
 from presets import DATA_ROOT
+from ranks import run_two
 
 EPOCHS, STOP = 3, 3  # the interrupted runs stop during epoch 3: last.pt holds epoch 2
-NUM_OFFICIAL_TRAIN, NUM_TEST, C = 56, 20, 4  # 45 train rows (batches 8 x 5 + 5), 11 val, 20 test
 
 
 def _args(data: Path, loss: str, out: Path) -> list[str]:
@@ -33,84 +30,12 @@ def _args(data: Path, loss: str, out: Path) -> list[str]:
             "--clip-model", str(DATA_ROOT / "tiny_clip.json"), "--out", str(out)]  # the CLIP of VLPL's scores
 
 
-def make_dataset(root: Path, features: bool = True) -> Path:
-    """A dataset of our own: tiny images (VLPL scores them with a CLIP), labels, and cached features."""
-    rng = np.random.RandomState(0)
-    root.mkdir(parents=True)
-    (root / "classes.txt").write_text("circle\nsquare\nline\ndot\n")
-    for split, count in (("train", NUM_OFFICIAL_TRAIN), ("val", NUM_TEST)):
-        full = (rng.rand(count, C) < 0.4).astype(np.float32)
-        full[np.arange(count), rng.randint(0, C, count)] = 1
-        obs = np.zeros_like(full)
-        obs[np.arange(count), [rng.choice(np.flatnonzero(row)) for row in full]] = 1
-        (root / split).mkdir(parents=True)
-        for i in range(count):  # asymmetric content, so that a flip changes what a model sees
-            Image.fromarray(rng.randint(0, 255, (24, 24, 3)).astype(np.uint8)).save(root / split / f"{i}.png")
-        np.save(root / f"formatted_{split}_images.npy", np.array([f"{split}/{i}.png" for i in range(count)]))
-        np.save(root / f"formatted_{split}_labels.npy", full)
-        np.save(root / f"formatted_{split}_labels_obs.npy", obs)
-        if features:
-            np.save(root / f"{split}_features_digits_cnn.npy", rng.randn(count, 6).astype(np.float32))
-    return root
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for sock in socks:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in socks]
-    for sock in socks:
-        sock.close()
-    return ports
-
-
-def as_rank(rank: int, size: int, port: int) -> None:
-    """This process's environment as torchrun would set it for `rank` of `size`."""
-    os.environ.update(WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-
-
-def interrupt_during(epoch: int):
-    """Ctrl-C in the training loop of `epoch`, once the epochs before it are checkpointed (as a signal would)."""
-    from training import engine
-
-    real = engine.train_one_epoch
-
-    def train_one_epoch(*args, **kwargs):
-        if args[5] == epoch:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    engine.train_one_epoch = train_one_epoch
-
-
-def _ranks(rank: int, runs: list[tuple[list[str], int]], interrupt: int | None, codes: Path) -> None:
-    """Rank `rank` of 2: `main(args)` for each (args, port) of `runs`, the return codes written to `codes`."""
-    if interrupt is not None:
-        interrupt_during(interrupt)
-    returned = []
-    for args, port in runs:
-        as_rank(rank, 2, port)
-        returned.append(main(args))
-    (codes / f"rank{rank}.json").write_text(json.dumps(returned))
-
-
-def run_two_processes(runs: list[list[str]], folder: Path, interrupt: int | None = None) -> list[list[int]]:
-    """Each of `runs` (main.py arguments) by 2 forked ranks in turn; the return codes of each rank."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ports = free_ports(len(runs))
-    torch.multiprocessing.start_processes(_ranks, args=(list(zip(runs, ports)), interrupt, folder), nprocs=2,
-                                          start_method="fork")
-    return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-
-
 def epochs_of(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_epochs(one: list[dict], other: list[dict], loss: str) -> None:
-    assert [e["epoch"] for e in other] == [e["epoch"] for e in one] == list(range(1, EPOCHS + 1)), loss
+def assert_same_epochs(one: list[dict], other: list[dict], loss: str, epochs: int = EPOCHS) -> None:
+    assert [e["epoch"] for e in other] == [e["epoch"] for e in one] == list(range(1, epochs + 1)), loss
     for a, b in zip(one, other):
         where = (loss, a["epoch"])
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5), where
@@ -134,14 +59,13 @@ def assert_same_state(one: Path, other: Path, loss: str) -> None:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Every registered loss: one process, 2 processes, and 2 processes interrupted during epoch 3."""
     root = tmp_path_factory.mktemp("world_size")
-    data = make_dataset(root / "shapes")
+    data = shapes_dataset(root / "shapes")
     names = list(LOSSES)
     for loss in names:
         assert main(_args(data, loss, root / "one" / loss)) == 0, loss
-    codes = run_two_processes([_args(data, loss, root / "two" / loss) for loss in names], root / "two_codes")
+    codes, _ = run_two([_args(data, loss, root / "two" / loss) for loss in names], root / "two_ranks")
     assert codes == [[0] * len(names)] * 2
-    codes = run_two_processes([_args(data, loss, root / "cut" / loss) for loss in names], root / "cut_codes",
-                              interrupt=STOP)
+    codes, _ = run_two([_args(data, loss, root / "cut" / loss) for loss in names], root / "cut_ranks", interrupt=STOP)
     assert codes == [[130] * len(names)] * 2
     for loss in names:  # resumed in one process
         assert main(["--resume", str(root / "cut" / loss)]) == 0, loss
@@ -162,3 +86,51 @@ def test_two_processes_interrupted_then_resumed_in_one_equal_one(runs, loss):
     one, cut = runs["one"] / loss, runs["cut"] / loss
     assert_same_epochs(epochs_of(one), epochs_of(cut), loss)
     assert_same_state(one, cut, loss)
+    results = json.loads((cut / "results.json").read_text())  # each stretch of epochs keeps its process count
+    assert results["world_sizes"] == [{"from_epoch": 1, "world_size": 2, "bsize_per_process": 4},
+                                      {"from_epoch": STOP, "world_size": 1, "bsize_per_process": 8}]
+    assert (results["world_size"], results["bsize_per_process"]) == (1, 8)
+
+
+# --- end to end on images that flip, with PU-MLC's multi-scale crop -------------------------------
+
+FLIPPING = ("EM_APL", "PU", "EM_PL")  # the per-image path; the whole-batch one with MixUp of images; flip views
+
+
+def _e2e_args(data: Path, loss: str, out: Path, workers: int) -> list[str]:
+    # a dataset of our own flips at train time; BatchNorm frozen, so that the CNN is a function of each image
+    return ["-d", "shapes", "--data-dir", str(data), "-m", "digits_cnn", "-g", "cpu", "--num-workers", str(workers),
+            "-l", loss, "--bsize", "8", "--lr", "1e-2", "--epochs", "2", "--warmup-epochs", "1", "--patience", "0",
+            "--freeze-bn", "--scale-size", "128", "--crop-size", "24", "--clip-model", str(DATA_ROOT / "tiny_clip.json"),
+            "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def flipping_runs(tmp_path_factory) -> Path:
+    """Each of FLIPPING end to end: one process without loader workers and 2 processes with one worker each;
+    EM_APL also in one process with 2 workers."""
+    root = tmp_path_factory.mktemp("flipping")
+    data = shapes_dataset(root / "shapes", features=False)
+    for loss in FLIPPING:
+        assert main(_e2e_args(data, loss, root / "one_w0" / loss, 0)) == 0, loss
+    assert main(_e2e_args(data, "EM_APL", root / "one_w2" / "EM_APL", 2)) == 0
+    codes, _ = run_two([_e2e_args(data, loss, root / "two" / loss, 1) for loss in FLIPPING], root / "two_ranks")
+    assert codes == [[0] * len(FLIPPING)] * 2
+    return root
+
+
+@pytest.mark.parametrize("loss", FLIPPING)
+def test_flips_and_crops_are_the_same_in_one_or_two_processes_with_any_worker_count(flipping_runs, loss):
+    one = flipping_runs / "one_w0" / loss
+    for other in [flipping_runs / "two" / loss] + ([flipping_runs / "one_w2" / loss] if loss == "EM_APL" else []):
+        assert_same_epochs(epochs_of(one), epochs_of(other), loss, epochs=2)
+        assert_same_state(one, other, loss)
+
+
+def test_each_image_draws_its_own_flip_and_crop_each_epoch():
+    from preprocess import ImageDraws, crop_sides
+
+    flips = [[ImageDraws(0, epoch, index).flip() for index in range(400)] for epoch in (1, 2)]
+    assert all(150 < sum(epoch) < 250 for epoch in flips) and flips[0] != flips[1]
+    assert [ImageDraws(1, 1, index).flip() for index in range(400)] != flips[0]  # the seed
+    assert ImageDraws(0, 1, 5).square_crop(crop_sides(128), 128) == ImageDraws(0, 1, 5).square_crop(crop_sides(128), 128)

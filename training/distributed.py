@@ -4,7 +4,8 @@
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK (PyTorch's "torchrun (Elastic Launch)"
 docs); without them the run is one process and every function here is a no-op, so the
-single-process path runs no collective and gives the same numbers as before.
+single-process path runs no collective and gives the same numbers as before. How the
+processes meet, agree on errors and build their process group: training/processes.py.
 
 Batches (`ShardedBatchSampler`): the epoch's global order is the permutation a
 single-process DataLoader draws from the same generator; each global batch of --bsize
@@ -65,25 +66,6 @@ def world() -> World:
 
 def is_main() -> bool:
     return world().is_main
-
-
-@contextlib.contextmanager
-def process_group(device: str) -> Iterator[None]:
-    """The process group of a torchrun run (nccl on CUDA, gloo on the CPU), destroyed on the way out."""
-    here = world()
-    if not here.distributed:
-        yield
-        return
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.set_device(torch.device(device))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT,
-                            device_id=torch.device(device) if cuda else None)
-    try:
-        dist.barrier()  # every rank has passed its checks before any writes (nccl connects lazily)
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def same_as_main(value):

@@ -17,7 +17,7 @@ from errors import UserError
 from instrumentation import RunLog, epoch_line
 from methods.base import ONE_PROCESS, SPMLLoss
 from metrics import compute_metrics
-from training import distributed
+from training import distributed, stop
 from training.speed import StepOptions
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=distributed.bar_disabled())
     progress = _Progress(bar, epoch, len(loader))
     for step, (images, targets, index) in enumerate(bar, start=1):
+        stop.raise_pending()
         seen += len(index)
         if len(index) == 0:  # every image of the batch was unreadable and skipped (--skip-bad-images)
             continue
@@ -168,6 +169,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: st
     with torch.inference_mode():
         scores = []
         for images, _, _ in tqdm(loader, desc=desc, leave=False, disable=distributed.bar_disabled()):
+            stop.raise_pending()
             with options.autocast(device):
                 logits = model(options.images_to(images, device))
             scores.append(torch.sigmoid(logits.float()))
