@@ -173,8 +173,8 @@ def load_splits(
 
 def unreadable_image(path: str, err: Exception) -> UserError:
     """The one error of an image that cannot be decoded, whichever decoder found it (PIL, device_decode)."""
-    return UserError(f"cannot read image {path}: {err} (re-extract it; --skip-bad-images skips "
-                     f"unreadable training images)")
+    return UserError(f"cannot read image {path}: {err} (re-extract it, or leave out every unreadable image "
+                     f"with --skip-bad-images)")
 
 
 class ImageFiles(Dataset):
@@ -203,10 +203,10 @@ class ImageFiles(Dataset):
         return None if self.seed is None else ImageDraws(self.seed, self.epoch, index)
 
     def unreadable(self, path: str, err: Exception) -> None:
-        """None (the sample is skipped) with `skip_unreadable`, else the one-line error with the path."""
+        """None (the sample is skipped; the pass that misses it names it once) with `skip_unreadable`, else the
+        one-line error with the path."""
         if not self.skip_unreadable:
             raise unreadable_image(path, err) from err
-        log.warning(f"skipping unreadable image {path}: {err}")
         return None
 
 
@@ -227,6 +227,11 @@ class ImageDataset(ImageFiles):
                  seed: int | None = None):
         super().__init__(split, skip_unreadable, flip_views, seed)
         self.transform = transform
+        self.image_shape = (3, transform.pre.size, transform.pre.size)
+
+    def collate(self, batch: list):
+        """A batch of the readable samples (`collate_skipping`)."""
+        return collate_skipping(batch, self.image_shape, self.labels.shape[1])
 
     def __getitem__(self, index: int):
         path = self.images[index]
@@ -240,9 +245,11 @@ class ImageDataset(ImageFiles):
         return self.transform(image, draws), self.labels[index], index + len(self.images) * int(flipped)
 
 
-def collate_skipping(batch: list):
-    """`default_collate` of the readable samples; an all-unreadable batch becomes an empty one."""
+def collate_skipping(batch: list, image_shape: tuple[int, ...] = (), num_classes: int = 0):
+    """`default_collate` of the readable samples; an all-unreadable batch becomes an empty one, of images of
+    `image_shape` and label rows of `num_classes` (under torchrun a process whose part of a batch is empty
+    still runs its step)."""
     kept = [sample for sample in batch if sample is not None]
     if not kept:
-        return torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long)
+        return torch.empty(0, *image_shape), torch.empty(0, num_classes), torch.empty(0, dtype=torch.long)
     return default_collate(kept)

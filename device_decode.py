@@ -164,8 +164,7 @@ class BatchDecoder:
                 images[i] = _decode_cpu(data[i]).to(self.device, non_blocking=True)
             except _PIL_ERRORS as err:
                 if not skip_unreadable:
-                    raise unreadable_image(paths[i], err) from err
-                log.warning(f"skipping unreadable image {paths[i]}: {err}")
+                    raise unreadable_image(paths[i], err) from err  # skipped: the pass that misses it names it
         return images
 
     def __call__(self, images: list[torch.Tensor], flips: torch.Tensor) -> torch.Tensor:
@@ -211,8 +210,10 @@ class DeviceDecodeLoader:
             if len(keep) < len(images):  # unreadable images skipped: the loop counts what it did not see
                 rows = torch.tensor(keep, dtype=torch.long)
                 images, labels, index, flips = [images[i] for i in keep], labels[rows], index[rows], flips[rows]
-            if not keep:
-                yield torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long)
+            if not keep:  # under torchrun a process whose part of a batch is empty still runs its step
+                size = self.decoder.size
+                yield (torch.empty(0, 3, size, size, device=self.decoder.device),
+                       torch.empty(0, dataset.labels.shape[1]), torch.empty(0, dtype=torch.long))
                 continue
             yield self.decoder(images, flips), labels, index
 
@@ -237,7 +238,7 @@ def device_loader(split: Split, preprocess: Preprocess, device: torch.device, ba
     """A `--decode gpu` loader of `split`: shuffled and flipped (if `hflip`, drawn per image from `seed`) when
     `train`, else in order. `batches(dataset, batch_size, shuffle, generator)` makes the batch sampler (this
     process's share under torchrun)."""
-    dataset = FileBytesDataset(split, skip_unreadable=skip_unreadable and train, flip=train and hflip,
+    dataset = FileBytesDataset(split, skip_unreadable=skip_unreadable, flip=train and hflip,
                                flip_views=train and hflip and flip_views, seed=seed if train else None)
     batching = dict(batch_size=batch_size, shuffle=train) if batches is None else \
         dict(batch_sampler=batches(dataset, batch_size, train, generator))

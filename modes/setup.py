@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from class_names import load_class_names
 from config import Config
-from datasets import DatasetSplits, ImageDataset, Split, collate_skipping
+from datasets import DatasetSplits, ImageDataset, Split
 from device_decode import check_device_decode, device_loader
 from losses import create_loss
 from methods.base import SPMLLoss
@@ -63,7 +63,7 @@ def build_loss(cfg: Config, train: Split, num_classes: int, device: torch.device
         with main_first():  # under torchrun rank 0 scores and caches them, the others read the cache
             cosines = train_similarities(cfg.dataset, cfg.data_dir, train.images, names,
                                          ClipSpec(cfg.clip_model, cfg.clip_weights), views, device,
-                                         cfg.text_features, cfg.prompt_template, cfg.num_workers)
+                                         cfg.text_features, cfg.prompt_template, cfg.num_workers, cfg.skip_bad_images)
         loss_fn.set_clip_cosines(cosines)
     return loss_fn
 
@@ -90,12 +90,13 @@ def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
     train_common = {**common, "persistent_workers": False}
 
     def in_order(split: Split) -> DataLoader:  # never drops the last partial batch (a trap of the references)
-        dataset = ImageDataset(split, eval_tf)
-        return DataLoader(dataset, batch_sampler=batch_sampler(dataset, cfg.bsize, shuffle=False), **common)
+        dataset = ImageDataset(split, eval_tf, skip_unreadable=cfg.skip_bad_images)
+        return DataLoader(dataset, batch_sampler=batch_sampler(dataset, cfg.bsize, shuffle=False),
+                          collate_fn=dataset.collate, **common)
 
     return {
         "train": DataLoader(train_set, batch_sampler=batch_sampler(train_set, cfg.bsize, True, shuffle_gen),
-                            generator=shuffle_gen, collate_fn=collate_skipping, **train_common),
+                            generator=shuffle_gen, collate_fn=train_set.collate, **train_common),
         # the train images in order, without augmentation: for pseudo-labelling passes
         "train_eval": in_order(splits.train),
         "val": in_order(splits.val),
@@ -109,11 +110,10 @@ def _device_decode_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabel
     device = torch.device(cfg.device)
     check_device_decode(device)
     common = dict(preprocess=model.preprocess, device=device, batch_size=cfg.bsize, num_workers=cfg.num_workers,
-                  batches=batch_sampler)
+                  batches=batch_sampler, skip_unreadable=cfg.skip_bad_images)
     return {
         "train": device_loader(splits.train, train=True, hflip=hflip, flip_views=flip_views,
-                               skip_unreadable=cfg.skip_bad_images, generator=torch.Generator().manual_seed(cfg.seed),
-                               seed=cfg.seed, **common),
+                               generator=torch.Generator().manual_seed(cfg.seed), seed=cfg.seed, **common),
         "train_eval": device_loader(splits.train, **common),
         "val": device_loader(splits.val, **common),
         "test": device_loader(splits.test, **common),

@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, RandomSampler
 
 from main import main
+from training.distributed import ShardedBatchSampler, World
 
 Run = list[str] | tuple[list[str], list[str]]  # main.py's arguments, the same for both ranks or one list each
 
@@ -53,6 +55,18 @@ def _rank(rank: int, runs: list[tuple[Run, int]], interrupt: int | None, folder:
                           MASTER_PORT=str(port), OMP_NUM_THREADS="1")
         returned.append(main(args[rank] if isinstance(args, tuple) else args))
     (folder / f"rank{rank}.json").write_text(json.dumps(returned))
+
+
+def rank_batches(n: int, bsize: int, size: int, seed: int) -> list[list[list[int]]]:
+    """Per rank, its batches of one epoch, drawn as the DataLoader draws (base seed, then the permutation)."""
+    out = []
+    for rank in range(size):
+        generator = torch.Generator().manual_seed(seed)
+        sampler = ShardedBatchSampler(RandomSampler(range(n), generator=generator), bsize,
+                                      World(rank, size, rank))
+        loader = DataLoader(range(n), batch_sampler=sampler, generator=generator)
+        out.append([batch.tolist() for batch in loader])
+    return out
 
 
 def start_two(runs: list[Run], folder: Path, interrupt: int | None = None):

@@ -25,7 +25,7 @@ from conftest import SHAPES_TRAIN, shapes_dataset
 from datasets import SPLIT_SEED, VAL_FRAC, generate_split
 from errors import UserError
 from presets import REPO_ROOT
-from ranks import free_ports, ranks_output, run_two, start_two
+from ranks import free_ports, rank_batches, ranks_output, run_two, start_two
 from training import distributed, processes
 from training.distributed import ShardedBatchSampler, World, even_shares, share_weight, step_shares
 
@@ -34,23 +34,11 @@ NUM_VAL, C = 25, 4  # an odd split: 13 + 12 rows over 2 processes
 
 # --- the batch sampler ---------------------------------------------------------------------
 
-def _rank_batches(n: int, bsize: int, size: int, seed: int) -> list[list[list[int]]]:
-    """Per rank, its batches of one epoch, drawn as the DataLoader draws (base seed, then the permutation)."""
-    out = []
-    for rank in range(size):
-        generator = torch.Generator().manual_seed(seed)
-        sampler = ShardedBatchSampler(torch.utils.data.RandomSampler(range(n), generator=generator), bsize,
-                                      World(rank, size, rank))
-        loader = DataLoader(range(n), batch_sampler=sampler, generator=generator)
-        out.append([batch.tolist() for batch in loader])
-    return out
-
-
 @pytest.mark.parametrize("n, bsize, size", [(100, 16, 2), (101, 16, 4), (96, 16, 2), (23, 8, 3)])
 def test_sharded_batches_split_the_single_process_batches(n, bsize, size):
     single = [batch.tolist() for batch in DataLoader(range(n), batch_size=bsize, shuffle=True,
                                                      generator=torch.Generator().manual_seed(7))]
-    ranks = _rank_batches(n, bsize, size, seed=7)
+    ranks = rank_batches(n, bsize, size, seed=7)
     assert all(len(batches) == len(single) for batches in ranks)  # every rank runs the same number of steps
     for step, batch in enumerate(single):
         parts = [ranks[rank][step] for rank in range(size)]
@@ -152,7 +140,7 @@ def test_bad_input_is_one_line_from_process_0_and_every_process_exits_2(shapes, 
 def test_an_error_in_one_process_stops_the_other_in_one_line(tmp_path):
     data = shapes_dataset(tmp_path / "shapes", features=False)
     train_rows, _ = generate_split(SHAPES_TRAIN, VAL_FRAC, SPLIT_SEED)
-    first_of_rank_1 = _rank_batches(len(train_rows), 8, 2, seed=0)[1][0][0]  # in its first batch of epoch 1
+    first_of_rank_1 = rank_batches(len(train_rows), 8, 2, seed=0)[1][0][0]  # in its first batch of epoch 1
     bad = data / "train" / f"{train_rows[first_of_rank_1]}.png"
     bad.write_bytes(bad.read_bytes()[:60])
     out = tmp_path / "run"

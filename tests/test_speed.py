@@ -210,9 +210,11 @@ def test_bf16_and_channels_last_train_on_cpu(small_digits, tmp_path):
 
 
 def test_predict_returns_a_tensor_autograd_can_use():
+    from modes.linear import FeatureDataset
+
     model = torch.nn.Linear(3, 2)
-    loader = [(torch.randn(4, 3), None, None)]
-    scores = engine.predict(model, loader, CPU)
+    dataset = FeatureDataset(torch.randn(4, 3).numpy(), torch.zeros(4, 2).numpy())
+    scores = engine.predict(model, DataLoader(dataset, sampler=[[0, 1, 2, 3]], batch_size=None), CPU)
     assert not scores.is_inference()
     (scores * torch.ones(4, 2, requires_grad=True)).sum().backward()  # APL multiplies its soft labels in
 

@@ -253,6 +253,15 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values / world().size
 
 
+def gather_counts(count: int, device: torch.device) -> list[int]:
+    """Every rank's `count`, in rank order (one small collective, and a host sync on a GPU)."""
+    if not world().distributed:
+        return [count]
+    counts = [torch.zeros((), dtype=torch.long, device=device) for _ in range(world().size)]
+    dist.all_gather(counts, torch.tensor(count, device=device))
+    return [int(n) for n in counts]
+
+
 def sum_over_ranks(count: int, device: torch.device) -> int:
     if not world().distributed:
         return count

@@ -68,6 +68,7 @@ def pseudo_labels(cosines: torch.Tensor, temp: float, threshold: float, partial:
     if k > 0:
         lowest = torch.topk(scores, k, dim=-1, largest=False).indices
         labels.scatter_(1, lowest, -1.0)
+    labels[cosines.isnan().any(dim=1)] = 0  # an image left out as unreadable (--skip-bad-images): none
     return labels
 
 
