@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -50,9 +51,12 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: list[int] = []  # the signals of this run, in order
+_owner: list[int] = []  # the process that set the handlers (loader workers forked from it inherit them)
 
 
 def _on_signal(signum: int, frame) -> None:
+    if os.getpid() not in _owner:  # a loader worker: it stops as PyTorch's workers do on Ctrl-C
+        raise KeyboardInterrupt
     _received.append(signum)
     if sys.exc_info()[1] is not None:  # already stopping on an error: let its handling finish
         return
@@ -79,6 +83,7 @@ def signals_interrupt() -> Iterator[None]:
         yield
         return
     _received.clear()
+    _owner[:] = [os.getpid()]
     before = {sig: signal.signal(sig, _on_signal) for sig in SIGNALS}
     try:
         yield
