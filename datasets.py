@@ -13,7 +13,6 @@ loss, except for the oracle losses that declare another label view on purpose.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +24,6 @@ from torch.utils.data import Dataset, default_collate
 from errors import UserError
 from fileio import load_npy
 from preprocess import ImageDraws, Transform
-
-log = logging.getLogger(__name__)
 
 SPLIT_SEED = 1200  # the references' split seed
 VAL_FRAC = 0.2

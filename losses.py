@@ -113,8 +113,8 @@ class LossEntry:
     needs_expected_pos: bool = False
     # Its --warmup-epochs must end before the run does: a run of that many epochs or fewer gets a shorter warm-up
     warmup_before_end: bool = False
-    # A statistic over the batch enters it (a mean over images, the k largest losses, a temperature), or its
-    # batches change per-example state: under torchrun it is computed on the whole global batch (methods/base.py)
+    # A statistic of the batch enters it (an expected count of positives, the k largest losses, a temperature),
+    # or its batches change per-example state: under torchrun it is computed on the whole global batch (methods/base.py)
     whole_batch: bool = False
 
 

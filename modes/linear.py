@@ -98,7 +98,7 @@ class FeatureDataset(Dataset):
         self.features = torch.from_numpy(features)
         self.labels = torch.from_numpy(labels)
         self.images, self.skip_unreadable = images, skip_unreadable
-        self.readable = torch.isfinite(self.features).all(dim=1)
+        self.readable = torch.isfinite(self.features).all(dim=1) if skip_unreadable else None
 
     def __len__(self) -> int:
         return len(self.labels)

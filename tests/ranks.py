@@ -1,7 +1,7 @@
 """Two forked processes started as torchrun starts its workers (WORLD_SIZE, RANK, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT), each calling `main([...])`: quick (nothing imported again), and each
 rank's return codes and stderr can be read back. Without torchrun's agent, process 0 hosts the
-processes' store, as torchrun does when started with --rdzv-backend static."""
+processes' store."""
 from __future__ import annotations
 
 import json
