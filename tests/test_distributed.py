@@ -120,6 +120,8 @@ def _errors(text: str) -> list[str]:
 def test_bad_input_is_one_line_from_process_0_and_every_process_exits_2(shapes, tmp_path):
     (tmp_path / "file").write_text("x")
     missing = tmp_path / "missing"
+    gaps = shapes_dataset(tmp_path / "gaps", features=False)
+    (gaps / "train" / "7.png").unlink()
     cases = [  # (main.py arguments, the line process 0 prints)
         (_linear(shapes, tmp_path / "a", "--bsize", "15"), "error: --bsize 15 is the global batch, split among the 2"),
         (_linear(missing, tmp_path / "b"), f"error: --data-dir {missing} does not exist"),
@@ -128,13 +130,16 @@ def test_bad_input_is_one_line_from_process_0_and_every_process_exits_2(shapes, 
         # an error only process 1 meets is said by process 0, naming it
         ((_linear(shapes, tmp_path / "c"), _linear(missing, tmp_path / "c")),
          f"error: process 1 of 2: --data-dir {missing} does not exist"),
+        # found by every process once the flags are parsed, in the process group
+        (["-d", "shapes", "--data-dir", str(gaps), "-m", "digits_cnn", "-g", "cpu", "--bsize", "8",
+          "--out", str(tmp_path / "d")], "error: 1 of 56 images listed in"),
     ]
     codes, stderr = run_two([args for args, _ in cases], tmp_path / "ranks")
     assert codes == [[2] * len(cases)] * 2
     lines = _errors(stderr[0])
     assert len(lines) == len(cases) and all(line.startswith(start) for line, (_, start) in zip(lines, cases)), lines
     assert _errors(stderr[1]) == [] and "Traceback" not in stderr[0] + stderr[1]
-    assert not any((tmp_path / name).exists() for name in "abc")
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_an_error_in_one_process_stops_the_other_in_one_line(tmp_path):
