@@ -75,7 +75,7 @@ def image_views(cfg: Config) -> int:
 
 def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
                  flip_views: bool = False) -> dict[str, DataLoader]:
-    """`flip_views`: the train set flips images itself and reports it in the index (see ImageDataset)."""
+    """`flip_views`: the train set reports a flipped image in its index (see ImageDataset)."""
     hflip = preset_of(cfg.dataset).hflip
     if cfg.decode == "gpu":
         return _device_decode_loaders(cfg, splits, model, hflip, flip_views)
