@@ -118,9 +118,6 @@ def _check_world(cfg: Config) -> None:
     if cfg.sync_bn and not cfg.device.startswith("cuda"):
         raise UserError("--sync-bn synchronises BatchNorm across GPUs (torch.nn.SyncBatchNorm runs on CUDA only); "
                         "drop it with -g cpu")
-    if cfg.skip_bad_images:
-        raise UserError("--skip-bad-images is not supported under torchrun yet (a process whose batch is all "
-                        "skipped would leave the others waiting); fix or remove the images, or run one process")
 
 
 def _given_flags(argv: list[str] | None) -> set[str]:

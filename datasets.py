@@ -13,7 +13,6 @@ loss, except for the oracle losses that declare another label view on purpose.
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,8 @@ from torch.utils.data import Dataset, default_collate
 
 from errors import UserError
 from fileio import load_npy
+from preprocess import ImageDraws, Transform
 from presets import how_to_prepare
-
-log = logging.getLogger(__name__)
 
 SPLIT_SEED = 1200  # the references' split seed
 VAL_FRAC = 0.2
@@ -177,27 +175,40 @@ def load_splits(
 
 def unreadable_image(path: str, err: Exception) -> UserError:
     """The one error of an image that cannot be decoded, whichever decoder found it (PIL, device_decode)."""
-    return UserError(f"cannot read image {path}: {err} (re-extract it; --skip-bad-images skips "
-                     f"unreadable training images)")
+    return UserError(f"cannot read image {path}: {err} (re-extract it, or leave out every unreadable image "
+                     f"with --skip-bad-images)")
 
 
 class ImageFiles(Dataset):
-    """The image files of a split and their label rows; what an unreadable file does (stop, or skip)."""
+    """The image files of a split and their label rows; what an unreadable file does (stop, or skip).
 
-    def __init__(self, split: Split, skip_unreadable: bool = False, flip_views: bool = False):
+    `seed`: the train pipeline's random choices are drawn per image (preprocess.ImageDraws) from
+    the run's seed, the epoch (`set_epoch`) and the row; None for a split read without them.
+    """
+
+    def __init__(self, split: Split, skip_unreadable: bool = False, flip_views: bool = False, seed: int | None = None):
         self.images = split.images
         self.labels = torch.from_numpy(split.labels)
         self.skip_unreadable = skip_unreadable
         self.flip_views = flip_views
+        self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass draws for. The train loader starts its workers at every pass
+        (persistent_workers=False), so they hold this dataset as it is then."""
+        self.epoch = epoch
+
+    def draws(self, index: int) -> ImageDraws | None:
+        return None if self.seed is None else ImageDraws(self.seed, self.epoch, index)
+
     def unreadable(self, path: str, err: Exception) -> None:
-        """None (the sample is skipped) with `skip_unreadable`, else the one-line error with the path."""
+        """None (the sample is skipped; the pass that misses it names it once) with `skip_unreadable`, else the
+        one-line error with the path."""
         if not self.skip_unreadable:
             raise unreadable_image(path, err) from err
-        log.warning(f"skipping unreadable image {path}: {err}")
         return None
 
 
@@ -208,15 +219,21 @@ class ImageDataset(ImageFiles):
     `skip_unreadable` it yields None instead, which `collate_skipping` drops
     from the batch (the training loop counts what it did not see).
 
-    With `flip_views` the dataset flips images at random itself (the transform
-    must not) and yields the *view index* `index + N` for a mirrored image: the
-    row of that view in a (2N, C) table of per-view scores (VLPL's cached CLIP
-    pseudo-labels, see methods/vlpl/loss.py).
+    With `flip_views` the index of a mirrored image is the *view index* `index + N`:
+    the row of that view in a (2N, C) table of per-view scores (VLPL's cached CLIP
+    pseudo-labels, see methods/vlpl/loss.py). The transform flips it; both read the
+    same draw.
     """
 
-    def __init__(self, split: Split, transform, skip_unreadable: bool = False, flip_views: bool = False):
-        super().__init__(split, skip_unreadable, flip_views)
+    def __init__(self, split: Split, transform: Transform, skip_unreadable: bool = False, flip_views: bool = False,
+                 seed: int | None = None):
+        super().__init__(split, skip_unreadable, flip_views, seed)
         self.transform = transform
+        self.image_shape = (3, transform.pre.size, transform.pre.size)
+
+    def collate(self, batch: list):
+        """A batch of the readable samples (`collate_skipping`)."""
+        return collate_skipping(batch, self.image_shape, self.labels.shape[1])
 
     def __getitem__(self, index: int):
         path = self.images[index]
@@ -225,16 +242,16 @@ class ImageDataset(ImageFiles):
                 image = img.convert("RGB")  # decodes the whole file: a truncated image fails here
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             return self.unreadable(path, err)
-        # torch's RNG, as T.RandomHorizontalFlip: seeded per DataLoader worker.
-        flipped = self.flip_views and torch.rand(()).item() < 0.5
-        if flipped:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return self.transform(image), self.labels[index], index + len(self.images) * int(flipped)
+        draws = self.draws(index)
+        flipped = self.flip_views and draws.flip()
+        return self.transform(image, draws), self.labels[index], index + len(self.images) * int(flipped)
 
 
-def collate_skipping(batch: list):
-    """`default_collate` of the readable samples; an all-unreadable batch becomes an empty one."""
+def collate_skipping(batch: list, image_shape: tuple[int, ...] = (), num_classes: int = 0):
+    """`default_collate` of the readable samples; an all-unreadable batch becomes an empty one, of images of
+    `image_shape` and label rows of `num_classes` (under torchrun a process whose part of a batch is empty
+    still runs its step)."""
     kept = [sample for sample in batch if sample is not None]
     if not kept:
-        return torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long)
+        return torch.empty(0, *image_shape), torch.empty(0, num_classes), torch.empty(0, dtype=torch.long)
     return default_collate(kept)

@@ -20,8 +20,8 @@ The decoders are TorchCodec's where it is installed and decodes on the run's dev
 (torchvision 0.29 deprecates its own for them), else torchvision.io's: `image_codec`
 picks one per run and says which; both give libjpeg's / nvJPEG's pixels.
 
-Flips are drawn in the worker with one `torch.rand(1)` per sample, as
-`T.RandomHorizontalFlip` draws it: same seed, same flips as the PIL path.
+Flips are drawn per image (preprocess.ImageDraws, from the run's seed, the epoch and the
+row), as on the PIL path: the same flips.
 """
 from __future__ import annotations
 
@@ -109,8 +109,9 @@ class FileBytesDataset(ImageFiles):
     file with `skip_unreadable`. `flip`: draw a random horizontal flip per sample (train);
     `flip_views`: report a flipped sample as index + N (see datasets.ImageDataset)."""
 
-    def __init__(self, split: Split, skip_unreadable: bool = False, flip: bool = False, flip_views: bool = False):
-        super().__init__(split, skip_unreadable, flip_views)
+    def __init__(self, split: Split, skip_unreadable: bool = False, flip: bool = False, flip_views: bool = False,
+                 seed: int | None = None):
+        super().__init__(split, skip_unreadable, flip_views, seed)
         self.flip = flip
 
     def __getitem__(self, index: int):
@@ -119,7 +120,7 @@ class FileBytesDataset(ImageFiles):
             data = Path(path).read_bytes()
         except OSError as err:
             return self.unreadable(path, err)
-        flipped = self.flip and bool(torch.rand(1) < 0.5)  # the draw of T.RandomHorizontalFlip
+        flipped = self.flip and self.draws(index).flip()
         view = index + len(self.images) * int(flipped and self.flip_views)
         # an empty file has no buffer to wrap; the decoder then reports it unreadable
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
@@ -213,8 +214,7 @@ class BatchDecoder:
                 images[i] = _decode_cpu(data[i], self.codec).to(self.device, non_blocking=True)
             except _PIL_ERRORS as err:
                 if not skip_unreadable:
-                    raise unreadable_image(paths[i], err) from err
-                log.warning(f"skipping unreadable image {paths[i]}: {err}")
+                    raise unreadable_image(paths[i], err) from err  # skipped: the pass that misses it names it
         return images
 
     def __call__(self, images: list[torch.Tensor], flips: torch.Tensor) -> torch.Tensor:
@@ -260,8 +260,10 @@ class DeviceDecodeLoader:
             if len(keep) < len(images):  # unreadable images skipped: the loop counts what it did not see
                 rows = torch.tensor(keep, dtype=torch.long)
                 images, labels, index, flips = [images[i] for i in keep], labels[rows], index[rows], flips[rows]
-            if not keep:
-                yield torch.empty(0), torch.empty(0), torch.empty(0, dtype=torch.long)
+            if not keep:  # under torchrun a process whose part of a batch is empty still runs its step
+                size = self.decoder.size
+                yield (torch.empty(0, 3, size, size, device=self.decoder.device),
+                       torch.empty(0, dataset.labels.shape[1]), torch.empty(0, dtype=torch.long))
                 continue
             yield self.decoder(images, flips), labels, index
 
@@ -269,12 +271,12 @@ class DeviceDecodeLoader:
 def device_loader(split: Split, preprocess: Preprocess, device: torch.device, codec: ImageCodec, batch_size: int,
                   num_workers: int, train: bool = False, hflip: bool = False, flip_views: bool = False,
                   skip_unreadable: bool = False, generator: torch.Generator | None = None,
-                  batches: Batches | None = None) -> DeviceDecodeLoader:
-    """A `--decode gpu` loader of `split` decoded by `codec` (image_codec): shuffled and flipped (if `hflip`)
-    when `train`, else in order.
-    `batches(dataset, batch_size, shuffle, generator)` makes the batch sampler (this process's share under torchrun)."""
-    dataset = FileBytesDataset(split, skip_unreadable=skip_unreadable and train, flip=train and hflip,
-                               flip_views=train and hflip and flip_views)
+                  batches: Batches | None = None, seed: int = 0) -> DeviceDecodeLoader:
+    """A `--decode gpu` loader of `split` decoded by `codec` (image_codec): shuffled and flipped (if `hflip`,
+    drawn per image from `seed`) when `train`, else in order. `batches(dataset, batch_size, shuffle, generator)`
+    makes the batch sampler (this process's share under torchrun)."""
+    dataset = FileBytesDataset(split, skip_unreadable=skip_unreadable, flip=train and hflip,
+                               flip_views=train and hflip and flip_views, seed=seed if train else None)
     batching = dict(batch_size=batch_size, shuffle=train) if batches is None else \
         dict(batch_sampler=batches(dataset, batch_size, train, generator))
     loader = DataLoader(dataset, **batching, generator=generator, num_workers=num_workers,

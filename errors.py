@@ -8,3 +8,8 @@ single line and exits with code 2. Internal invariants use `assert`.
 
 class UserError(Exception):
     """Bad input from the user; the message is shown as one line, exit code 2."""
+
+
+class ReportedElsewhere(UserError):
+    """Under torchrun: this process stops because another one failed. Process 0 prints the line
+    (naming that process); the others exit with code 2 without a word (training/stop.py)."""

@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="use PyTorch's deterministic algorithms (GPU runs: slower, bit-reproducible; CPU runs already are)")
     p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable or truncated training images and count them in results.json "
-                        "(default: stop with the image's path); val/test images are never skipped")
+                   help="leave unreadable or truncated images out of every pass (training, scoring, evaluation), "
+                        "each named once and listed in results.json (default: stop with the image's path)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue a killed run from its last completed epoch, with its saved configuration")
     p.add_argument("--eval-only", type=Path, metavar="CHECKPOINT",

@@ -46,6 +46,27 @@ def run_status(out: Path) -> str | None:
     return run_results(out).get("status")
 
 
+class SkippedImages:
+    """The unreadable images a run left out (--skip-bad-images), whichever pass met them (training, scoring,
+    evaluation): each named once in the log, every one listed in results.json (`unreadable_images`)."""
+
+    SHOWN = 10  # paths named in one log line; results.json has them all
+
+    def __init__(self):
+        self.paths: list[str] = []
+
+    def note(self, paths: list[str], where: str) -> None:
+        """The images a pass over a split did not see; the ones not met before are logged."""
+        known = set(self.paths)
+        new = [path for path in dict.fromkeys(paths) if path not in known]
+        if not new:
+            return
+        self.paths += new
+        more = f" and {len(new) - self.SHOWN} more (results.json lists them all)" if len(new) > self.SHOWN else ""
+        log.warning(f"{where}: {len(new)} unreadable image(s) left out (--skip-bad-images): "
+                    f"{', '.join(new[:self.SHOWN])}{more}")
+
+
 class RunLog:
     """Owns one run folder; refuses to reuse a folder that already holds files, unless resuming it.
 
@@ -62,6 +83,7 @@ class RunLog:
         self.writer = writer
         self.info: dict = {}
         self.epochs: list[dict] = list(resumed_epochs or [])
+        self.skipped = SkippedImages()
         self._handler = None
         if not writer:
             return
@@ -93,7 +115,7 @@ class RunLog:
         write_json_atomic(
             self.out / "results.json",
             {"config": self.config, "status": status, **extra, **best, **self.info,
-             "skipped_images": skipped, "epochs": self.epochs},
+             "skipped_images": skipped, "unreadable_images": self.skipped.paths, "epochs": self.epochs},
         )
 
     def close(self) -> None:

@@ -113,6 +113,9 @@ class LossEntry:
     needs_expected_pos: bool = False
     # Its --warmup-epochs must end before the run does: a run of that many epochs or fewer gets a shorter warm-up
     warmup_before_end: bool = False
+    # A statistic of the batch enters it (an expected count of positives, the k largest losses, a temperature),
+    # or its batches change per-example state: under torchrun it is computed on the whole global batch (methods/base.py)
+    whole_batch: bool = False
 
 
 OBSERVED, FULL, TRUE_NEGATIVES = "observed", "full", "true_negatives"
@@ -133,11 +136,11 @@ LOSSES: dict[str, LossEntry] = {
     "wan": LossEntry(stateless(loss_wan), OBSERVED, "weighted assume negative, unknown term / (C - 1) (Cole et al.)"),
     "epr": LossEntry(stateless(loss_epr, "expected_pos"), OBSERVED,
                      "positives + expected-positive-count regulariser --expected-pos (Cole et al.)",
-                     needs_expected_pos=True),
+                     needs_expected_pos=True, whole_batch=True),
     "EM": LossEntry(stateless(loss_em, "alpha"), OBSERVED, "entropy maximisation on unknown labels (Zhou et al.)"),
     "role": LossEntry(RoleLoss.from_hyper, OBSERVED,
                       "regularised online label estimation: a learned N x C label matrix at lr x10 + EPR "
-                      "(Cole et al.)", needs_expected_pos=True),
+                      "(Cole et al.)", needs_expected_pos=True, whole_batch=True),
     "EM_APL": LossEntry(EmAplLoss.from_hyper, OBSERVED,
                         "EM + asymmetric pseudo-labelling: soft negatives from --warmup-epochs on, weight --beta "
                         "(Zhou et al.)", warmup_before_end=True),
@@ -148,13 +151,14 @@ LOSSES: dict[str, LossEntry] = {
                            defaults=vlpl_defaults),
     "LL-R": LossEntry(LargeLoss.builder("LL-R"), OBSERVED,
                       "large-loss rejection: AN, the largest unknown losses zeroed, more each epoch (--delta-rel), "
-                      "classifier lr x10 (Kim et al. CVPR 2022)", defaults=large_loss_defaults("LL-R")),
+                      "classifier lr x10 (Kim et al. CVPR 2022)", defaults=large_loss_defaults("LL-R"),
+                      whole_batch=True),
     "LL-Ct": LossEntry(LargeLoss.builder("LL-Ct"), OBSERVED,
                        "large-loss temporary correction: their targets flipped to 1 for the batch "
-                       "(Kim et al. CVPR 2022)", defaults=large_loss_defaults("LL-Ct")),
+                       "(Kim et al. CVPR 2022)", defaults=large_loss_defaults("LL-Ct"), whole_batch=True),
     "LL-Cp": LossEntry(LargeLoss.builder("LL-Cp"), OBSERVED,
                        "large-loss permanent correction: their targets set to 1 for the rest of the run "
-                       "(Kim et al. CVPR 2022)", defaults=large_loss_defaults("LL-Cp")),
+                       "(Kim et al. CVPR 2022)", defaults=large_loss_defaults("LL-Cp"), whole_batch=True),
     "GR": LossEntry(GRLoss.from_hyper, OBSERVED,
                     "generalized robust loss: soft pseudo-labels and reweighting of unknowns on an epoch schedule, "
                     "classifier lr x10 (Chen et al. IJCAI 2024)",
@@ -171,11 +175,14 @@ LOSSES: dict[str, LossEntry] = {
                      "(Ridnik et al. ICCV 2021)"),
     "PU": LossEntry(PULoss.from_hyper, OBSERVED,
                     "PU-MLC: variational positive-unlabeled loss with adaptive temperature --pu-alpha and "
-                    "re-balance --pu-gamma, plus a MixUp regulariser (a second forward pass) (Yuan et al.)"),
+                    "re-balance --pu-gamma, plus a MixUp regulariser (a second forward pass) (Yuan et al.)",
+                    whole_batch=True),
 }
 
 
 def create_loss(name: str, hp: LossHyper, num_examples: int, num_classes: int) -> SPMLLoss:
     if name not in LOSSES:
         raise UserError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
-    return LOSSES[name].build(hp, num_examples, num_classes)
+    loss = LOSSES[name].build(hp, num_examples, num_classes)
+    loss.whole_batch = LOSSES[name].whole_batch
+    return loss

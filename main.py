@@ -5,7 +5,7 @@
 
 Only wiring: the command line (cli.py) -> one frozen Config -> the training mode
 it names (modes/) -> an exit code. Under torchrun, each process does this inside the
-run's process group (training/distributed.py).
+run's process group, and one line says why a run stopped (training/processes.py, stop.py).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 from cli import parse_args
 from errors import UserError
 from modes import run
-from training import distributed
+from training import distributed, processes, stop
 
 log = logging.getLogger("spml")
 
@@ -24,17 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     # under torchrun the other processes log only errors: the run says everything once
     level = logging.INFO if distributed.is_main() else logging.ERROR
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    try:
-        cfg = parse_args(argv)
-        with distributed.process_group(cfg.device):
-            run(cfg)
-    except UserError as err:
-        log.error(f"error: {err}")
-        return 2
-    except SystemExit as exit_:  # --help
-        return int(exit_.code or 0)
-    except KeyboardInterrupt:
-        return 130  # the shell's code for SIGINT; results.json already says "interrupted"
+    # SIGTERM (a batch system's stop) as Ctrl-C; under torchrun, the processes meet before parsing the flags
+    with stop.signals_interrupt(), processes.rendezvous():
+        try:
+            cfg = processes.agree(lambda: parse_args(argv))  # an error in any process stops all, said once
+            with processes.process_group(cfg.device):
+                run(cfg)
+        except SystemExit as exit_:  # --help
+            return int(exit_.code or 0)
+        except (UserError, KeyboardInterrupt) as err:  # results.json already says why the run stopped
+            return stop.exit_code(err)
     return 0
 
 

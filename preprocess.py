@@ -1,4 +1,5 @@
-"""A backbone's input contract (size, normalisation) and the image transforms built from it.
+"""A backbone's input contract (size, normalisation), the image transforms built from it, and
+the random choices of the train pipeline, drawn per image.
 
 Every backbone factory returns its own `Preprocess` (models.py), so each model sees
 the normalisation it was trained with: ImageNet's for ResNet / ConvNeXt, CLIP's own
@@ -9,16 +10,53 @@ for the CLIP towers (never ImageNet's: a trap of the VLPL reference).
 uniformly from {scale, scale - 64, ..., scale / 2} (their {512, 448, 384, 320, 256}
 for 512 and {640, ..., 320} for 640), resize that to size x size, flip. The authors
 resize bicubic everywhere, at test time too, so `scale` does the same.
+
+Random choices (`ImageDraws`) are a function of the run's seed, the epoch and the image's
+row alone: an image gets the same flip and crop whichever process of a torchrun run and
+whichever loader worker reads it, and a resumed epoch draws them again from the same three
+numbers. Nothing about them is saved in a checkpoint.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
+import numpy as np
 import torch
-from torchvision import transforms as T
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
 
 CROP_STEP = 64  # the authors' crop sides are a multiple of 64 apart
+
+# One stream per random choice of the train pipeline. A new choice (AEVLP's crop flips) takes the
+# next key and a method of ImageDraws: the choices already there keep their values.
+FLIP, SQUARE_CROP = 0, 1
+
+
+class ImageDraws:
+    """Every random choice the train pipeline makes for one image in one epoch: the one place they are drawn.
+
+    Choice k of image `index` at `epoch` comes from `numpy.random.default_rng([seed, epoch, index, k])`,
+    a generator seeded by a SeedSequence hash of the four numbers: independent streams for every
+    image, epoch and choice, the same in one process or many, with or without loader workers.
+    """
+
+    def __init__(self, seed: int, epoch: int, index: int):
+        self.key = (seed, epoch, index)
+
+    def _rng(self, choice: int) -> np.random.Generator:
+        return np.random.default_rng([*self.key, choice])
+
+    def flip(self) -> bool:
+        """A horizontal flip, with probability 1/2."""
+        return bool(self._rng(FLIP).random() < 0.5)
+
+    def square_crop(self, sides: tuple[int, ...], full: int) -> tuple[int, int, int]:
+        """(side, top, left) of a square crop of a full x full image: the side uniform over `sides`, then its place."""
+        rng = self._rng(SQUARE_CROP)
+        side = int(sides[rng.integers(len(sides))])
+        top, left = rng.integers(0, full - side + 1, size=2)
+        return side, int(top), int(left)
 
 
 @dataclass(frozen=True)
@@ -28,20 +66,9 @@ class Preprocess:
     std: tuple[float, float, float]
     scale: int | None = None  # PU-MLC's multi-scale crop from a scale x scale resize; None: plain resize
 
-    def transform(self, train: bool, hflip: bool) -> Callable:
+    def transform(self, train: bool, hflip: bool) -> "Transform":
         """Resize to a square (multi-scale crop first with `scale`), flip at train time if the dataset allows it, normalise."""
-        if self.scale is None:
-            steps = [T.Resize((self.size, self.size))]
-        else:
-            bicubic = T.InterpolationMode.BICUBIC
-            steps = [T.Resize((self.size, self.size), interpolation=bicubic)]
-            if train:
-                steps = [T.Resize((self.scale, self.scale), interpolation=bicubic),
-                         RandomSquareCrop(crop_sides(self.scale)), *steps]
-        if train and hflip:
-            steps.append(T.RandomHorizontalFlip())
-        steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
-        return T.Compose(steps)
+        return Transform(self, crop=train and self.scale is not None, flip=train and hflip)
 
 
 def crop_sides(scale: int) -> tuple[int, ...]:
@@ -49,19 +76,33 @@ def crop_sides(scale: int) -> tuple[int, ...]:
     return tuple(range(scale, scale // 2 - 1, -CROP_STEP))
 
 
-class RandomSquareCrop(torch.nn.Module):
-    """A random square crop whose side is drawn uniformly from `sides`.
+class Transform:
+    """A PIL image -> a normalised (3, size, size) tensor; its random steps take their values from the image's
+    `ImageDraws` (train time), the deterministic ones need none (evaluation, feature extraction)."""
 
-    The side comes from torch's RNG (as the crop's position), not Python's `random`
-    that torchvision's RandomChoice uses, so one seed fixes both, with or without workers.
-    """
+    def __init__(self, pre: Preprocess, crop: bool, flip: bool):
+        self.pre, self.crop, self.flip = pre, crop, flip
+        # the authors' multi-scale pipeline resizes bicubic, at test time too
+        self.interpolation = InterpolationMode.BILINEAR if pre.scale is None else InterpolationMode.BICUBIC
 
-    def __init__(self, sides: tuple[int, ...]):
-        super().__init__()
-        self.crops = [T.RandomCrop(side) for side in sides]
+    @property
+    def random(self) -> bool:
+        return self.crop or self.flip
 
-    def forward(self, image):
-        return self.crops[int(torch.randint(len(self.crops), ()))](image)
+    def __call__(self, image: Image.Image, draws: ImageDraws | None = None) -> torch.Tensor:
+        if self.random and draws is None:
+            raise ValueError("a train transform with random steps needs the image's draws")
+        pre = self.pre
+        if self.crop:
+            image = F.resize(image, [pre.scale, pre.scale], self.interpolation)
+            side, top, left = draws.square_crop(crop_sides(pre.scale), pre.scale)
+            image = F.crop(image, top, left, side, side)
+        image = F.resize(image, [pre.size, pre.size], self.interpolation)
+        if self.flip and draws.flip():
+            image = F.hflip(image)
+        return F.normalize(F.to_tensor(image), pre.mean, pre.std)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(sides={[c.size[0] for c in self.crops]})"
+        steps = ([f"resize {self.pre.scale}, square crop of a side in {crop_sides(self.pre.scale)}"] if self.crop
+                 else []) + [f"resize {self.pre.size}"] + (["flip"] if self.flip else [])
+        return f"{type(self).__name__}({', '.join(steps)}, {self.interpolation.value})"

@@ -131,7 +131,8 @@ def _pumlc(dataset: str, data_dir: Path, image_root: Path | None, vectors: Path,
     GPU (their 2 GPUs: `torchrun --nproc_per_node 2`), no early stopping. Fixed: the
     model is selected on a val split carved from the train images, not on the test set
     (their number is reported beside it, labelled); the test set keeps its last partial
-    batch; a class without an observed positive does not poison the graph.
+    batch; a class without an observed positive does not poison the graph. Deviation: the
+    loss's batch statistics are over the global batch (theirs: each GPU's), as one process's are.
     """
     images = ("--image-root", str(image_root)) if image_root is not None else ()
     return ("-d", dataset, "--data-dir", str(data_dir), *images, "-l", "PU",

@@ -96,7 +96,8 @@ class EmAplLoss(SPMLLoss):
         if epoch <= self.warmup_epochs:
             return
         scores = score_train().to(self.soft_targets)
-        chosen = select_pseudo_negatives(scores, self.unknown & ~self.pseudo, self.per_round)
+        readable = ~scores.isnan().any(dim=1, keepdim=True)  # an image left out as unreadable has no score
+        chosen = select_pseudo_negatives(scores, self.unknown & ~self.pseudo & readable, self.per_round)
         self.soft_targets = torch.where(chosen, scores, self.soft_targets)
         self.pseudo |= chosen
         log.info(f"APL before epoch {epoch}: {int(chosen.sum())} new soft negatives, "

@@ -8,10 +8,16 @@ code: +1 positive, 0 unknown, -1 negative.
 A loss is an `SPMLLoss`: `forward(logits, targets, index) -> dict of named terms`
 (the loop sums and logs them), `start_epoch(epoch, score_train)` for methods that
 update pseudo-labels between epochs, `extra_terms(model, images, logits, targets,
-index)` for a loss that runs the model once more (PU-MLC's MixUp regulariser), and
+index, whole)` for a loss that runs the model once more (PU-MLC's MixUp regulariser), and
 `state_dict()` for checkpointing. Each
 method builds itself from the run's `LossHyper` with `from_hyper(hp, num_examples,
 num_classes)`; `losses.py` registers them all in one table.
+
+A loss whose registry entry says `whole_batch` (a batch statistic enters it, or batches
+change its per-example state) sees the whole global batch under torchrun: the logits,
+targets and index of every process's rows (`WholeBatch`), so it computes what one
+process computes. The others see each process's own rows, cheaper and equal for a mean
+over images.
 """
 from __future__ import annotations
 
@@ -70,6 +76,27 @@ def loss_em(logits: torch.Tensor, targets: torch.Tensor, alpha: float) -> Terms:
     return {"main": reduce(per_code(targets, neg_log(p), -alpha * entropy(p), neg_log(1 - p)))}
 
 
+class WholeBatch:
+    """Where the rows of a training batch are, for a loss that needs all of them.
+
+    In one process, here: `gather` returns its argument and this process does all the
+    work. Under torchrun each process holds a contiguous part of the global batch and
+    `training.distributed.GlobalBatch` gathers the parts.
+    """
+
+    def gather(self, local: torch.Tensor, count: int | None = None) -> torch.Tensor:
+        """The rows of the whole batch, in its order; a gradient flows back to this process's own rows.
+        With `count`: the results of the `count` items of work that `part(count)` shared out."""
+        return local
+
+    def part(self, count: int) -> slice:
+        """Of `count` items of work over the whole batch (PU-MLC's MixUp pairs), the ones this process does."""
+        return slice(0, count)
+
+
+ONE_PROCESS = WholeBatch()
+
+
 class SPMLLoss(nn.Module):
     """What the training loop sees of a loss."""
 
@@ -77,9 +104,8 @@ class SPMLLoss(nn.Module):
     needs_clip_scores = False  # frozen-CLIP cosines of the train images (VLPL)
     # linear_init fine-tunes with the state the linear phase ended with (ROLE's label estimates)
     carries_state_across_phases = False
-    # Boolean buffers indexed by example whose rows a training batch sets (LL-Cp's corrections): under
-    # torchrun each rank sets the rows of its batches, and the ranks' updates are merged after each epoch.
-    rows_set_by_batches: tuple[str, ...] = ()
+    # Computed on the whole global batch under torchrun; set from the registry entry (losses.create_loss)
+    whole_batch = False
 
     def attach_train_labels(self, targets: torch.Tensor) -> None:
         """Called once before training with the (N_train, C) training targets, row = example index."""
@@ -96,12 +122,14 @@ class SPMLLoss(nn.Module):
         raise NotImplementedError
 
     def extra_terms(self, model: nn.Module, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-                    index: torch.Tensor) -> Terms:
+                    index: torch.Tensor, whole: WholeBatch = ONE_PROCESS) -> Terms:
         """Terms that need the model again (e.g. a regulariser's second forward pass on mixed images).
 
         The training loop calls it for every loss right after `forward`, on the same
         batch, with the model in train mode; the terms are summed and logged like
-        `forward`'s. Most losses need no second pass: none by default.
+        `forward`'s. `logits`, `targets` and `index` are those `forward` got; `images` are
+        this process's own (`whole.gather(images)`: the whole batch's). Most losses need no
+        second pass: none by default.
         """
         return {}
 

@@ -89,8 +89,6 @@ def loss_large(logits: torch.Tensor, targets: torch.Tensor, scheme: str, k: int)
 class LargeLoss(SPMLLoss):
     """LL-R, LL-Ct or LL-Cp; LL-Cp's permanent corrections are a buffer indexed by example index."""
 
-    rows_set_by_batches = ("corrected",)
-
     @classmethod
     def builder(cls, scheme: str):
         def build(hp: LossHyper, num_examples: int, num_classes: int) -> "LargeLoss":

@@ -23,6 +23,11 @@ code), lam ~ Beta(mix_alpha, mix_alpha) and pi a permutation of half A, both dra
 per step from PyTorch's global CPU generator (checkpointed, so a resumed run draws
 the same). The total is L_var + reg_weight * L_reg.
 
+Under torchrun both terms are over the global batch, as in one process (the registry's
+`whole_batch`): each process gathers the batch's logits and images, runs its share of
+the h mixed pairs through the model and gathers their logits back (`WholeBatch`). The
+authors' two-GPU run computed them on each GPU's own half instead.
+
 Deviation (the authors' quirk: a batch with identical logits in a class has std 0
 and divides by zero): T_c is floored at TEMPERATURE_FLOOR. A batch of one image
 has no pair to mix: its L_reg is 0 and the model is not run again.
@@ -35,7 +40,7 @@ import torch
 from torch import nn
 
 from config import LossHyper
-from methods.base import SPMLLoss, Terms
+from methods.base import ONE_PROCESS, SPMLLoss, Terms, WholeBatch
 
 EPSILON = 1e-10  # inside the logs, as the authors' code
 # The lowest temperature: reached only when alpha x std < 0.01, i.e. a class whose logits are
@@ -71,15 +76,17 @@ def mixup_halves(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pu_mixup_regulariser(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                          logits: torch.Tensor, targets: torch.Tensor, lam: float,
-                         perm: torch.Tensor) -> torch.Tensor:
-    """L_reg for a given lam and permutation `perm` of half A (see the module docstring)."""
+                         perm: torch.Tensor, whole: WholeBatch = ONE_PROCESS) -> torch.Tensor:
+    """L_reg for a given lam and permutation `perm` of half A (see the module docstring); `whole` says
+    which of the mixed pairs this process runs through the model."""
     first, second = mixup_halves(len(images))
     first, second = first.to(images.device), second.to(images.device)
     perm = perm.to(images.device)
     soft = torch.where(targets == 1, torch.ones_like(logits, dtype=torch.float32), torch.sigmoid(logits.float()))
-    mixed_images = lam * images[first][perm] + (1 - lam) * images[second]
+    mine = whole.part(len(second))
+    mixed_images = lam * images[first[perm][mine]] + (1 - lam) * images[second[mine]]
     mixed_targets = lam * soft[first][perm] + (1 - lam) * soft[second]
-    mixed_logits = forward(mixed_images).float()
+    mixed_logits = whole.gather(forward(mixed_images).float(), len(second))
     gap = torch.log(mixed_targets + EPSILON) - torch.log(torch.sigmoid(mixed_logits) + EPSILON)
     return (gap ** 2).mean(dim=0).sum()
 
@@ -99,14 +106,15 @@ class PULoss(SPMLLoss):
         return {"main": pu_variational(logits, targets, self.alpha, self.gamma)}
 
     def extra_terms(self, model: nn.Module, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-                    index: torch.Tensor) -> Terms:
-        half = len(images) // 2
+                    index: torch.Tensor, whole: WholeBatch = ONE_PROCESS) -> Terms:
+        half = len(logits) // 2
         if half == 0 or self.reg_weight == 0:
             return {"reg": torch.zeros((), device=logits.device)}
-        # drawn on the CPU generator whatever the device: the same draws on CPU and GPU runs
+        # drawn on the CPU generator whatever the device: the same draws on CPU and GPU runs (and on every process)
         lam = float(torch.distributions.Beta(self.mix_alpha, self.mix_alpha).sample())
         perm = torch.randperm(half)
-        return {"reg": self.reg_weight * pu_mixup_regulariser(model, images, logits, targets, lam, perm)}
+        return {"reg": self.reg_weight * pu_mixup_regulariser(model, whole.gather(images), logits, targets, lam, perm,
+                                                              whole)}
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}, mix_alpha={self.mix_alpha}, reg_weight={self.reg_weight}"

@@ -12,6 +12,7 @@ from config import Config
 from dataset_provenance import dataset_variant
 from datasets import DatasetSplits, load_splits
 from fileio import write_json_atomic
+from instrumentation import SkippedImages
 from lgconv import convert_to_lgconv
 from ssgrl import SSGRLModel, load_word_vectors
 from losses import LOSSES
@@ -73,7 +74,9 @@ def evaluate_checkpoint(cfg: Config) -> dict:
     device = torch.device(cfg.device)
     options = StepOptions.from_config(cfg)
     prepare_model(model, options)
-    scores = {split: evaluate(model, loaders[split], device, cfg.threshold, split, options) for split in ("val", "test")}
+    skipped = SkippedImages()  # --skip-bad-images: each unreadable image named once
+    scores = {split: evaluate(model, loaders[split], device, cfg.threshold, split, options, skipped)
+              for split in ("val", "test")}
     out = cfg.eval_only.parent / f"eval_{cfg.eval_only.stem}.json"
     if is_main():
         write_json_atomic(out, {"checkpoint": str(cfg.eval_only), "epoch": ckpt["train_state"]["epoch"],

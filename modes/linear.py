@@ -62,13 +62,20 @@ def create_feature_backbone(name: str, pretrained: bool) -> Backbone:
         return create_backbone(name, pretrained)
 
 
-def load_features(path: Path, num_rows: int, fix: str) -> np.ndarray:
+def load_features(path: Path, num_rows: int, fix: str, skip_unreadable: bool = False) -> np.ndarray:
+    """The (num_rows, D) float32 features of `path`. A row that is not finite is an image that could not be
+    read at extraction (`extract_features --skip-bad-images`): refused, or left out with `skip_unreadable`."""
     features = load_npy(path, fix)
     if features.ndim != 2 or features.shape[0] != num_rows:
         raise UserError(f"{path} has shape {features.shape} but its label files have {num_rows} rows; "
                         f"the features are stale or from another dataset: {fix}")
     if features.dtype.kind != "f":
         raise UserError(f"{path} holds {features.dtype} values, expected floating-point features: {fix}")
+    missing = ~np.isfinite(features).all(axis=1)
+    if missing.any() and not skip_unreadable:
+        raise UserError(f"{path}: {int(missing.sum())} row(s) are not finite (first: row {int(missing.argmax())}), "
+                        f"images that could not be read when the features were extracted; re-extract them once the "
+                        f"images are fixed, or leave those images out with --skip-bad-images")
     return np.ascontiguousarray(features, dtype=np.float32)
 
 
@@ -82,17 +89,27 @@ def _feature_files(cfg: Config) -> tuple[Path, Path, str]:
 
 
 class FeatureDataset(Dataset):
-    """In-memory features; indexed by a list of rows, it returns the whole batch (features, labels, index)."""
+    """In-memory features; indexed by a list of rows, it returns the whole batch (features, labels, index).
+    With `skip_unreadable`, rows that are not finite (their image was unreadable at extraction) are left
+    out of every batch, as datasets.ImageDataset leaves out an unreadable image; `images` name them."""
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray):
+    def __init__(self, features: np.ndarray, labels: np.ndarray, images: np.ndarray | None = None,
+                 skip_unreadable: bool = False):
         self.features = torch.from_numpy(features)
         self.labels = torch.from_numpy(labels)
+        self.images, self.skip_unreadable = images, skip_unreadable
+        self.readable = torch.isfinite(self.features).all(dim=1) if skip_unreadable else None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Cached features have no random choice to draw (datasets.ImageFiles.set_epoch)."""
+
     def __getitem__(self, rows: list[int]):
         index = torch.as_tensor(rows)
+        if self.skip_unreadable:
+            index = index[self.readable[index]]
         return self.features[index], self.labels[index], index
 
 
@@ -112,16 +129,18 @@ def feature_loaders(cfg: Config) -> tuple[dict[str, DataLoader], int, DatasetSpl
     num_official_train = len(splits.train.images) + len(splits.val.images)
     train_idx, val_idx = generate_split(num_official_train, VAL_FRAC, SPLIT_SEED)  # the rows load_splits took
     train_path, test_path, fix = _feature_files(cfg)
-    features = load_features(train_path, num_official_train, fix)
-    test_features = load_features(test_path, len(splits.test.images), fix)
+    features = load_features(train_path, num_official_train, fix, cfg.skip_bad_images)
+    test_features = load_features(test_path, len(splits.test.images), fix, cfg.skip_bad_images)
     if test_features.shape[1] != features.shape[1]:
         raise UserError(f"train features have {features.shape[1]} dimensions but test features {test_features.shape[1]}")
-    train = FeatureDataset(features[train_idx], splits.train.labels)
+    sets = {name: FeatureDataset(rows, split.labels, split.images, cfg.skip_bad_images) for name, rows, split in
+            (("train", features[train_idx], splits.train), ("val", features[val_idx], splits.val),
+             ("test", test_features, splits.test))}
     loaders = {
-        "train": _batches(train, cfg.bsize, True, cfg.seed),
-        "train_eval": _batches(train, cfg.bsize, False, cfg.seed),
-        "val": _batches(FeatureDataset(features[val_idx], splits.val.labels), cfg.bsize, False, cfg.seed),
-        "test": _batches(FeatureDataset(test_features, splits.test.labels), cfg.bsize, False, cfg.seed),
+        "train": _batches(sets["train"], cfg.bsize, True, cfg.seed),
+        "train_eval": _batches(sets["train"], cfg.bsize, False, cfg.seed),
+        "val": _batches(sets["val"], cfg.bsize, False, cfg.seed),
+        "test": _batches(sets["test"], cfg.bsize, False, cfg.seed),
     }
     return loaders, features.shape[1], splits
 

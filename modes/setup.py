@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from class_names import load_class_names
 from config import Config
-from datasets import DatasetSplits, ImageDataset, Split, collate_skipping
+from datasets import DatasetSplits, ImageDataset, Split
 from device_decode import device_loader, image_codec
 from losses import create_loss
 from methods.base import SPMLLoss
@@ -63,7 +63,7 @@ def build_loss(cfg: Config, train: Split, num_classes: int, device: torch.device
         with main_first():  # under torchrun rank 0 scores and caches them, the others read the cache
             cosines = train_similarities(cfg.dataset, cfg.data_dir, train.images, names,
                                          ClipSpec(cfg.clip_model, cfg.clip_weights), views, device,
-                                         cfg.text_features, cfg.prompt_template, cfg.num_workers)
+                                         cfg.text_features, cfg.prompt_template, cfg.num_workers, cfg.skip_bad_images)
         loss_fn.set_clip_cosines(cosines)
     return loss_fn
 
@@ -75,26 +75,28 @@ def image_views(cfg: Config) -> int:
 
 def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
                  flip_views: bool = False) -> dict[str, DataLoader]:
-    """`flip_views`: the train set flips images itself and reports it in the index (see ImageDataset)."""
+    """`flip_views`: the train set reports a flipped image in its index (see ImageDataset)."""
     hflip = preset_of(cfg.dataset).hflip
     if cfg.decode == "gpu":
         return _device_decode_loaders(cfg, splits, model, hflip, flip_views)
-    train_tf = model.preprocess.transform(train=True, hflip=hflip and not flip_views)
+    train_tf = model.preprocess.transform(train=True, hflip=hflip)
     eval_tf = model.preprocess.transform(train=False, hflip=False)
     common = dict(num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu", persistent_workers=cfg.num_workers > 0)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    train_set = ImageDataset(splits.train, train_tf, skip_unreadable=cfg.skip_bad_images, flip_views=flip_views and hflip)
-    # Fresh train workers each epoch, seeded from shuffle_gen: with the generator's
-    # state in last.pt, a resumed epoch sees the same order and augmentations.
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # the order; its state is in last.pt
+    # flips and crops are drawn per image from the seed and the epoch (preprocess.ImageDraws), whatever the workers
+    train_set = ImageDataset(splits.train, train_tf, skip_unreadable=cfg.skip_bad_images, flip_views=flip_views and hflip,
+                             seed=cfg.seed)
+    # fresh train workers each epoch: they see the epoch the dataset was set to (ImageFiles.set_epoch)
     train_common = {**common, "persistent_workers": False}
 
     def in_order(split: Split) -> DataLoader:  # never drops the last partial batch (a trap of the references)
-        dataset = ImageDataset(split, eval_tf)
-        return DataLoader(dataset, batch_sampler=batch_sampler(dataset, cfg.bsize, shuffle=False), **common)
+        dataset = ImageDataset(split, eval_tf, skip_unreadable=cfg.skip_bad_images)
+        return DataLoader(dataset, batch_sampler=batch_sampler(dataset, cfg.bsize, shuffle=False),
+                          collate_fn=dataset.collate, **common)
 
     return {
         "train": DataLoader(train_set, batch_sampler=batch_sampler(train_set, cfg.bsize, True, shuffle_gen),
-                            generator=shuffle_gen, collate_fn=collate_skipping, **train_common),
+                            generator=shuffle_gen, collate_fn=train_set.collate, **train_common),
         # the train images in order, without augmentation: for pseudo-labelling passes
         "train_eval": in_order(splits.train),
         "val": in_order(splits.val),
@@ -107,12 +109,11 @@ def _device_decode_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabel
     """--decode gpu: the same four loaders, decoding on the run's device (device_decode.py)."""
     device = torch.device(cfg.device)
     codec = image_codec(device)
-    common = dict(preprocess=model.preprocess, device=device, codec=codec, batch_size=cfg.bsize, num_workers=cfg.num_workers,
-                  batches=batch_sampler)
+    common = dict(preprocess=model.preprocess, device=device, codec=codec, batch_size=cfg.bsize,
+                  num_workers=cfg.num_workers, batches=batch_sampler, skip_unreadable=cfg.skip_bad_images)
     return {
         "train": device_loader(splits.train, train=True, hflip=hflip, flip_views=flip_views,
-                               skip_unreadable=cfg.skip_bad_images, generator=torch.Generator().manual_seed(cfg.seed),
-                               **common),
+                               generator=torch.Generator().manual_seed(cfg.seed), seed=cfg.seed, **common),
         "train_eval": device_loader(splits.train, **common),
         "val": device_loader(splits.val, **common),
         "test": device_loader(splits.test, **common),

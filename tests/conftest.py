@@ -1,5 +1,6 @@
 """The one digits fixture: the embedded dataset built once per test run in a temp folder, and slices of it;
-and `main_py_pids`, the main.py processes training into a run folder (for tests that stop them)."""
+`main_py_pids`, the main.py processes training into a run folder (for tests that stop them); and
+`shapes_dataset`, a tiny dataset of our own whose images flip."""
 from __future__ import annotations
 
 import shutil
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fileio import save_npy_atomic
 from preproc.format_digits import format_digits
@@ -14,6 +16,7 @@ from preproc.generate_observed_labels import generate_observed_labels
 from presets import DATA_ROOT
 
 SMALL_TRAIN, SMALL_TEST = 120, 60  # official train rows (our train + val) and test rows of `small_digits`
+SHAPES_TRAIN, SHAPES_TEST, SHAPES_CLASSES = 56, 20, 4  # `shapes_dataset`: 45 train rows, 11 val, 20 test
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +79,25 @@ def main_py_pids(run: Path) -> list[int]:
         if any(arg.endswith(b"main.py") for arg in argv) and str(run).encode() in argv:
             pids.append(int(proc.name))
     return pids
+
+
+def shapes_dataset(root: Path, features: bool = True) -> Path:
+    """A dataset of our own (`-d shapes --data-dir ROOT -m digits_cnn`): 56 official train and 20 test images
+    of 24 x 24 random pixels with 4 classes, its class names (VLPL scores it with a CLIP), and cached features."""
+    rng = np.random.RandomState(0)
+    root.mkdir(parents=True)
+    (root / "classes.txt").write_text("circle\nsquare\nline\ndot\n")
+    for split, count in (("train", SHAPES_TRAIN), ("val", SHAPES_TEST)):
+        full = (rng.rand(count, SHAPES_CLASSES) < 0.4).astype(np.float32)
+        full[np.arange(count), rng.randint(0, SHAPES_CLASSES, count)] = 1
+        obs = np.zeros_like(full)
+        obs[np.arange(count), [rng.choice(np.flatnonzero(row)) for row in full]] = 1
+        (root / split).mkdir(parents=True)
+        for i in range(count):  # asymmetric content, so that a flip changes what a model sees
+            Image.fromarray(rng.randint(0, 255, (24, 24, 3)).astype(np.uint8)).save(root / split / f"{i}.png")
+        np.save(root / f"formatted_{split}_images.npy", np.array([f"{split}/{i}.png" for i in range(count)]))
+        np.save(root / f"formatted_{split}_labels.npy", full)
+        np.save(root / f"formatted_{split}_labels_obs.npy", obs)
+        if features:
+            np.save(root / f"{split}_features_digits_cnn.npy", rng.randn(count, 6).astype(np.float32))
+    return root

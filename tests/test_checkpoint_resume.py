@@ -74,6 +74,23 @@ def test_kill_and_resume_matches_uninterrupted_run(small_digits, tmp_path):
     assert scored["val"]["map"] == pytest.approx(results["best_val_map"], abs=1e-9)
 
 
+def test_sigterm_stops_the_run_as_ctrl_c(small_digits, tmp_path):
+    """What Slurm and other batch systems send: results.json says interrupted and names the last checkpoint."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "main.py", *flags(small_digits, out, "--epochs", "50")], cwd=REPO_ROOT,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / LAST).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    results = json.loads((out / "results.json").read_text())
+    done = results["last_completed_epoch"]
+    assert results["status"] == "interrupted" and "SIGTERM" in results["reason"] and done >= 1
+    assert results["last_checkpoint"] == str(out / LAST) and load_checkpoint(out / LAST)["train_state"]["epoch"] == done
+    assert f"stopped during epoch {done + 1} by SIGTERM: {out / LAST} and results.json" in proc.stderr.read()
+
+
 def test_atomic_checkpoint_write_survives_a_crash(tmp_path, monkeypatch):
     path = tmp_path / LAST
     save_checkpoint(path, {"model": {"w": torch.ones(3)}, "epoch": 1})

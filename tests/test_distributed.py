@@ -1,56 +1,44 @@
-"""Many processes (torchrun): the batch sampler, and 2 gloo CPU processes against one process.
+"""Many processes (torchrun): the batch sampler, scoring a split, and 2 gloo CPU processes: only rank 0
+writes; bad input, an error in one process and SIGTERM each stop every process with one line.
 
 The 2-process runs start the ranks as torchrun does (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR,
-MASTER_PORT), without torchrun's agent, so that each rank can be given its own working folder
-and a --out of its own that must stay empty: only rank 0 writes.
+MASTER_PORT), without torchrun's agent: forked (tests/ranks.py), or as new processes so that each
+rank can be given its own working folder and a --out of its own that must stay empty. That
+every loss gives the numbers of one process: test_world_size.py.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import SHAPES_TRAIN, shapes_dataset
+from datasets import SPLIT_SEED, VAL_FRAC, generate_split
 from errors import UserError
-from main import main
 from presets import REPO_ROOT
-from training import distributed
-from training.distributed import ShardedBatchSampler, World, even_shares, step_weights
+from ranks import free_ports, rank_batches, ranks_output, run_two, start_two
+from training import distributed, processes
+from training.distributed import ShardedBatchSampler, World, even_shares, share_weight, step_shares
 
-NUM_TRAIN, NUM_VAL, NUM_TEST, C = 100, 25, 37, 4  # the val split is odd: 13 + 12 rows over 2 processes
-EPOCHS = 12
-RUN = ["-d", "digits", "-g", "cpu", "--num-workers", "0", "--train-mode", "linear_fixed_features", "-l", "EM_APL",
-       "--warmup-epochs", "1", "--bsize", "16", "--lr", "1e-2", "--epochs", str(EPOCHS)]
+NUM_VAL, C = 25, 4  # an odd split: 13 + 12 rows over 2 processes
 
 
 # --- the batch sampler ---------------------------------------------------------------------
-
-def _rank_batches(n: int, bsize: int, size: int, seed: int) -> list[list[list[int]]]:
-    """Per rank, its batches of one epoch, drawn as the DataLoader draws (base seed, then the permutation)."""
-    out = []
-    for rank in range(size):
-        generator = torch.Generator().manual_seed(seed)
-        sampler = ShardedBatchSampler(torch.utils.data.RandomSampler(range(n), generator=generator), bsize,
-                                      World(rank, size, rank))
-        loader = DataLoader(range(n), batch_sampler=sampler, generator=generator)
-        out.append([batch.tolist() for batch in loader])
-    return out
-
 
 @pytest.mark.parametrize("n, bsize, size", [(100, 16, 2), (101, 16, 4), (96, 16, 2), (23, 8, 3)])
 def test_sharded_batches_split_the_single_process_batches(n, bsize, size):
     single = [batch.tolist() for batch in DataLoader(range(n), batch_size=bsize, shuffle=True,
                                                      generator=torch.Generator().manual_seed(7))]
-    ranks = _rank_batches(n, bsize, size, seed=7)
+    ranks = rank_batches(n, bsize, size, seed=7)
     assert all(len(batches) == len(single) for batches in ranks)  # every rank runs the same number of steps
     for step, batch in enumerate(single):
         parts = [ranks[rank][step] for rank in range(size)]
@@ -60,13 +48,16 @@ def test_sharded_batches_split_the_single_process_batches(n, bsize, size):
     assert covered == list(range(n))  # every example exactly once, no padding
 
 
-def test_step_weights_make_the_global_mean():
+def test_share_weights_make_the_global_mean(monkeypatch):
     size, bsize, n = 3, 9, 23  # last batch 5 -> shares 2, 2, 1
     for rank in range(size):
+        monkeypatch.setenv("WORLD_SIZE", str(size))
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
         sampler = ShardedBatchSampler(range(n), bsize, World(rank, size, rank))
-        weights = step_weights(DataLoader(range(n), batch_sampler=sampler))
-        assert weights[:-1] == [1.0, 1.0]
-        assert weights[-1] == pytest.approx(even_shares(5, size)[rank] * size / 5)
+        shares = step_shares(DataLoader(range(n), batch_sampler=sampler))
+        assert shares == [[3, 3, 3], [3, 3, 3], [2, 2, 1]]
+        assert [share_weight(counts) for counts in shares] == [1.0, 1.0, [1.2, 1.2, 0.6][rank]]
 
 
 def test_a_last_batch_smaller_than_the_world_is_refused():
@@ -83,31 +74,18 @@ def test_one_process_without_torchrun_is_not_distributed(monkeypatch):
 # --- 2 gloo processes ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def features(tmp_path_factory) -> Path:
-    """Labels and cached features only (a linear layer: no BatchNorm, so 1 and 2 processes agree)."""
-    root = tmp_path_factory.mktemp("ddp_features")
-    rng = np.random.RandomState(0)
-    for split, count in (("train", NUM_TRAIN + NUM_VAL), ("val", NUM_TEST)):
-        full = (rng.rand(count, C) < 0.4).astype(np.float32)
-        full[np.arange(count), rng.randint(0, C, count)] = 1
-        obs = np.zeros_like(full)
-        obs[np.arange(count), [rng.choice(np.flatnonzero(row)) for row in full]] = 1
-        np.save(root / f"formatted_{split}_images.npy", np.array([f"{split}/{i}.png" for i in range(count)]))
-        np.save(root / f"formatted_{split}_labels.npy", full)
-        np.save(root / f"formatted_{split}_labels_obs.npy", obs)
-        np.save(root / f"{split}_features_digits_cnn.npy", rng.randn(count, 6).astype(np.float32))
-    return root
+def shapes(tmp_path_factory) -> Path:
+    return shapes_dataset(tmp_path_factory.mktemp("ddp") / "shapes")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _linear(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["-d", "shapes", "--data-dir", str(data), "-m", "digits_cnn", "-g", "cpu", "--num-workers", "0",
+            "--train-mode", "linear_fixed_features", "--bsize", "8", "--epochs", "2", *extra, "--out", str(out)]
 
 
 def _start_ranks(args: list[list[str]], folders: list[Path]) -> list[subprocess.Popen]:
-    """Rank r runs `main.py args[r]` in folders[r], as torchrun would start it."""
-    port = _free_port()
+    """Rank r runs `main.py args[r]` in folders[r], as torchrun would start it (a whole new process)."""
+    port, = free_ports(1)
     procs = []
     for rank, (rank_args, folder) in enumerate(zip(args, folders)):
         folder.mkdir(parents=True, exist_ok=True)
@@ -118,122 +96,89 @@ def _start_ranks(args: list[list[str]], folders: list[Path]) -> list[subprocess.
     return procs
 
 
-def _wait(procs: list[subprocess.Popen]) -> list[str]:
+def test_only_rank_0_writes(shapes, tmp_path):
+    out, elsewhere = tmp_path / "run", tmp_path / "rank1_out"
+    folders = [tmp_path / "cwd0", tmp_path / "cwd1"]
+    procs = _start_ranks([_linear(shapes, out), _linear(shapes, elsewhere)], folders)
     try:
         outputs = [proc.communicate(timeout=120)[0] for proc in procs]
     finally:  # a rank left waiting for a dead one is not left running
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    assert [proc.returncode for proc in procs] == [0] * len(procs), outputs
-    return outputs
-
-
-def _epochs(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def single_run(features, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp_single") / "run"
-    assert main([*RUN, "--data-dir", str(features), "--out", str(out)]) == 0
-    return out
-
-
-def test_two_processes_match_one_and_only_rank_0_writes(features, single_run, tmp_path):
-    out, elsewhere = tmp_path / "run", tmp_path / "rank1_out"
-    folders = [tmp_path / "cwd0", tmp_path / "cwd1"]
-    args = [*RUN, "--data-dir", str(features)]
-    procs = _start_ranks([[*args, "--out", str(out)], [*args, "--out", str(elsewhere)]], folders)
-    outputs = _wait(procs)
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
     # rank 1 wrote nothing: not its own --out (rank 0's --out is the run's), not its working folder
     assert not elsewhere.exists() and list(folders[1].iterdir()) == []
     assert "epoch" not in outputs[1]  # and it logged nothing but errors
-    results = json.loads((out / "results.json").read_text())
-    assert (results["world_size"], results["bsize_global"], results["bsize_per_process"]) == (2, 16, 8)
-
-    one, two = _epochs(single_run), _epochs(out)
-    assert len(one) == len(two) == EPOCHS
-    for a, b in zip(one, two):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
-        # the odd-sized val split and the test split are scored once per example: the same metrics
-        for split in ("val", "test"):
-            for name, value in a[split].items():
-                assert b[split][name] == pytest.approx(value, abs=1e-5), (a["epoch"], split, name)
-    w1 = torch.load(single_run / "last.pt", weights_only=True)
-    w2 = torch.load(out / "last.pt", weights_only=True)
-    assert list(w2["model"]) == ["weight", "bias"]  # the unwrapped module: no `module.` prefix
-    for key in w1["model"]:
-        torch.testing.assert_close(w2["model"][key], w1["model"][key], atol=1e-5, rtol=0)
-    # APL's soft negatives, chosen from the gathered train scores, as in one process
-    assert torch.equal(w2["loss_state"]["pseudo"], w1["loss_state"]["pseudo"])
+    assert list(torch.load(out / "last.pt", weights_only=True)["model"]) == ["weight", "bias"]  # no `module.`
 
 
-def test_kill_9_then_resume_in_one_process_gives_the_uninterrupted_epochs(features, single_run, tmp_path):
+def _errors(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error")]
+
+
+def test_bad_input_is_one_line_from_process_0_and_every_process_exits_2(shapes, tmp_path):
+    (tmp_path / "file").write_text("x")
+    missing = tmp_path / "missing"
+    gaps = shapes_dataset(tmp_path / "gaps", features=False)
+    (gaps / "train" / "7.png").unlink()
+    cases = [  # (main.py arguments, the line process 0 prints)
+        (_linear(shapes, tmp_path / "a", "--bsize", "15"), "error: --bsize 15 is the global batch, split among the 2"),
+        (_linear(missing, tmp_path / "b"), f"error: --data-dir {missing} does not exist"),
+        (_linear(shapes, tmp_path / "file" / "run"), "error: --out {}: {} is a file, so no folder can be made".format(
+            tmp_path / "file" / "run", tmp_path / "file")),
+        # an error only process 1 meets is said by process 0, naming it
+        ((_linear(shapes, tmp_path / "c"), _linear(missing, tmp_path / "c")),
+         f"error: process 1 of 2: --data-dir {missing} does not exist"),
+        # found by every process once the flags are parsed, in the process group
+        (["-d", "shapes", "--data-dir", str(gaps), "-m", "digits_cnn", "-g", "cpu", "--bsize", "8",
+          "--out", str(tmp_path / "d")], "error: 1 of 56 images listed in"),
+    ]
+    codes, stderr = run_two([args for args, _ in cases], tmp_path / "ranks")
+    assert codes == [[2] * len(cases)] * 2
+    lines = _errors(stderr[0])
+    assert len(lines) == len(cases) and all(line.startswith(start) for line, (_, start) in zip(lines, cases)), lines
+    assert _errors(stderr[1]) == [] and "Traceback" not in stderr[0] + stderr[1]
+    assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_an_error_in_one_process_stops_the_other_in_one_line(tmp_path):
+    data = shapes_dataset(tmp_path / "shapes", features=False)
+    train_rows, _ = generate_split(SHAPES_TRAIN, VAL_FRAC, SPLIT_SEED)
+    first_of_rank_1 = rank_batches(len(train_rows), 8, 2, seed=0)[1][0][0]  # in its first batch of epoch 1
+    bad = data / "train" / f"{train_rows[first_of_rank_1]}.png"
+    bad.write_bytes(bad.read_bytes()[:60])
     out = tmp_path / "run"
-    folders = [tmp_path / "cwd0", tmp_path / "cwd1"]
-    args = [*RUN, "--data-dir", str(features), "--out", str(out)]
-    procs = _start_ranks([args, args], folders)
+    args = ["-d", "shapes", "--data-dir", str(data), "-m", "digits_cnn", "-g", "cpu", "--num-workers", "0",
+            "--bsize", "8", "--epochs", "1", "--out", str(out)]
+    codes, stderr = run_two([args], tmp_path / "ranks")
+    assert codes == [[2], [2]]
+    lines = _errors(stderr[0] + stderr[1])
+    assert len(lines) == 1 and re.fullmatch(rf"error: process 1 of 2: cannot read image {bad}: .*", lines[0]), lines
+    assert "Traceback" not in stderr[0] + stderr[1]
+    results = json.loads((out / "results.json").read_text())  # written by process 0, with process 1's error
+    assert results["status"] == "failed" and results["reason"] == lines[0].removeprefix("error: ")
+
+
+def test_sigterm_stops_every_process_as_ctrl_c(shapes, tmp_path):
+    out = tmp_path / "run"
+    context = start_two([_linear(shapes, out, "--epochs", "500")], tmp_path / "ranks")
     deadline = time.monotonic() + 120
-    while not (out / "last.pt").is_file() and time.monotonic() < deadline:  # epoch 1 is checkpointed
+    while not (out / "last.pt").is_file() and time.monotonic() < deadline:
         time.sleep(0.02)
-    for proc in procs:
-        proc.send_signal(signal.SIGKILL)
-    for proc in procs:
-        proc.wait()
-    killed_at = len(_epochs(out))
-    assert 1 <= killed_at < EPOCHS, "the run ended before it could be killed; make it longer"
-    # resumed in one process: the global batch is the same, so the epochs are too (N processes -> M)
-    assert main(["--resume", str(out)]) == 0
-    resumed, uninterrupted = _epochs(out), _epochs(single_run)
-    assert [e["epoch"] for e in resumed] == list(range(1, EPOCHS + 1))
-    for a, b in zip(uninterrupted, resumed):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)
-        assert (b["val_map"], b["test_map"]) == pytest.approx((a["val_map"], a["test_map"]), abs=1e-5)
-
-
-def _state_worker(rank: int, port: int, folder: Path) -> None:
-    """One rank of a 2-process epoch of ROLE (label matrix learned from the rows each rank sees)
-    and LL-Cp (corrections set by each rank's batches), each rank saving what it ends with."""
-    from methods.large_loss import LargeLoss
-    from methods.role import RoleLoss
-    from modes.linear import FeatureDataset
-    from training.engine import _agree_after_epoch, train_one_epoch
-
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.manual_seed(0)  # the same data and initial weights on both ranks, as after seed_all
-    n = 45  # 5 full batches of 8 and a last one of 5: shares 3 and 2
-    observed = torch.zeros(n, C)
-    observed[torch.arange(n), torch.randint(0, C, (n,))] = 1
-    dataset = FeatureDataset(torch.randn(n, 6).numpy(), observed.numpy())
-    states = {}
-    with distributed.process_group("cpu"):
-        for loss_fn in (RoleLoss(n, C, 1.0), LargeLoss("LL-Cp", n, C, 5.0)):
-            loss_fn.attach_train_labels(observed)
-            loss_fn.start_epoch(2, lambda: None)
-            model = torch.nn.Linear(6, C)
-            generator = torch.Generator().manual_seed(0)
-            loader = DataLoader(dataset, sampler=distributed.batch_sampler(dataset, 8, True, generator),
-                                batch_size=None, generator=generator)
-            optimizer = torch.optim.Adam([{"params": model.parameters()}, *loss_fn.param_groups(1e-2)], lr=1e-2)
-            train_one_epoch(distributed.wrap(model, torch.device("cpu"), False), loader, loss_fn, optimizer,
-                            torch.device("cpu"), 2)
-            _agree_after_epoch(model, None, loss_fn)
-            states[type(loss_fn).__name__] = {k: v.clone() for k, v in loss_fn.state_dict().items()}
-            states[type(loss_fn).__name__ + "_model"] = model.state_dict()
-    torch.save(states, folder / f"rank{rank}.pt")
-
-
-def test_loss_state_stays_the_same_on_every_rank(tmp_path):
-    torch.multiprocessing.start_processes(_state_worker, args=(_free_port(), tmp_path), nprocs=2,
-                                          start_method="fork")
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    for name in rank0:
-        for key in rank0[name]:
-            assert torch.equal(rank0[name][key], rank1[name][key]), (name, key)
-    assert rank0["LargeLoss"]["corrected"].any()  # LL-Cp corrected entries on both ranks' rows
+    for pid in context.pids():  # what torchrun's agent does on SIGTERM (a batch system's stop)
+        os.kill(pid, signal.SIGTERM)
+    while not context.join():
+        pass
+    codes, stderr = ranks_output(tmp_path / "ranks")
+    assert codes == [[143], [143]]
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "interrupted" and "SIGTERM" in results["reason"]
+    assert results["last_checkpoint"] == str(out / "last.pt") and results["last_completed_epoch"] >= 1
+    lines = _errors(stderr[0] + stderr[1]) + [line for line in stderr[0].splitlines() if line.startswith("stopped")]
+    assert len(lines) == 1 and lines[0].startswith(f"stopped during epoch {results['last_completed_epoch'] + 1} by "
+                                                   f"SIGTERM: {out / 'last.pt'} and results.json"), stderr
+    assert _errors(stderr[1]) == [] and "stopped" not in stderr[1]
 
 
 def _scoring_worker(rank: int, port: int, folder: Path) -> None:
@@ -244,7 +189,7 @@ def _scoring_worker(rank: int, port: int, folder: Path) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dataset, model = _scoring_case()
-    with distributed.process_group("cpu"):
+    with processes.process_group("cpu"):
         loader = DataLoader(dataset, sampler=distributed.batch_sampler(dataset, 8, False), batch_size=None)
         torch.save(evaluate(model, loader, torch.device("cpu"), 0.5, "val"), folder / f"metrics{rank}.pt")
 
@@ -263,7 +208,7 @@ def test_an_odd_split_is_scored_once_per_example_on_two_ranks(tmp_path):
     dataset, model = _scoring_case()
     single = evaluate(model, DataLoader(dataset, sampler=distributed.batch_sampler(dataset, 8, False), batch_size=None),
                       torch.device("cpu"), 0.5, "val")
-    torch.multiprocessing.start_processes(_scoring_worker, args=(_free_port(), tmp_path), nprocs=2,
+    torch.multiprocessing.start_processes(_scoring_worker, args=(free_ports(1)[0], tmp_path), nprocs=2,
                                           start_method="fork")
     for rank in (0, 1):
         assert torch.load(tmp_path / f"metrics{rank}.pt", weights_only=False) == single  # exactly

@@ -8,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from cli import parse_args
 from errors import UserError
 from lgconv import convert_to_lgconv
 from main import main
 from models import MultiLabelModel, create_backbone
-from preprocess import Preprocess, RandomSquareCrop, crop_sides
+from preprocess import ImageDraws, Preprocess, crop_sides
 from training import engine
 from training.checkpoint import BEST, LAST, load_checkpoint
 from training.recipe import ModelEma, build_optimizer, build_scheduler, freeze_batchnorm, restrict_training
@@ -130,22 +131,28 @@ def test_freeze_bn_keeps_running_statistics_and_trains_the_affine_weights(small_
 def test_multi_scale_crop_is_the_authors_pipeline():
     assert crop_sides(512) == (512, 448, 384, 320, 256) and crop_sides(640) == (640, 576, 512, 448, 384, 320)
     pre = Preprocess(448, (0.5,) * 3, (0.5,) * 3, scale=512)
-    train = pre.transform(train=True, hflip=True).transforms
-    resize, crop, resize_back, flip = train[:4]
-    assert (tuple(resize.size), tuple(crop.crops[-1].size), tuple(resize_back.size)) == ((512, 512), (256, 256), (448, 448))
-    assert resize.interpolation == resize_back.interpolation == T.InterpolationMode.BICUBIC
-    assert isinstance(flip, T.RandomHorizontalFlip)
-    test = pre.transform(train=False, hflip=True).transforms
-    assert tuple(test[0].size) == (448, 448) and test[0].interpolation == T.InterpolationMode.BICUBIC and len(test) == 3
-    # the side is drawn from torch's RNG: uniform over the five sides, fixed by one seed
-    torch.manual_seed(0)
-    crop = RandomSquareCrop(crop_sides(512))
-    sides = [crop(Image.new("RGB", (512, 512))).size[0] for _ in range(500)]
+    train, test = pre.transform(train=True, hflip=True), pre.transform(train=False, hflip=True)
+    assert train.crop and train.flip and not test.random
+    assert train.interpolation == test.interpolation == T.InterpolationMode.BICUBIC
+    image = Image.fromarray(torch.randint(0, 255, (40, 30, 3), dtype=torch.uint8).numpy())
+    for index in range(4):  # resize to 512, the drawn square, resize to 448, the drawn flip
+        draws = ImageDraws(0, 1, index)
+        side, top, left = draws.square_crop(crop_sides(512), 512)
+        expected = TF.resize(TF.crop(TF.resize(image, [512, 512], T.InterpolationMode.BICUBIC), top, left, side, side),
+                             [448, 448], T.InterpolationMode.BICUBIC)
+        expected = TF.hflip(expected) if draws.flip() else expected
+        assert torch.equal(train(image, draws), TF.normalize(TF.to_tensor(expected), pre.mean, pre.std))
+    # the side is uniform over the five, its place anywhere in the 512 x 512 image; fixed by (seed, epoch, image)
+    crops = [ImageDraws(0, 1, index).square_crop(crop_sides(512), 512) for index in range(500)]
+    sides = [side for side, _, _ in crops]
     assert set(sides) == set(crop_sides(512)) and min(sides.count(s) for s in set(sides)) > 60
-    torch.manual_seed(0)
-    assert [crop(Image.new("RGB", (512, 512))).size[0] for _ in range(500)] == sides
-    plain = Preprocess(448, (0.5,) * 3, (0.5,) * 3).transform(train=True, hflip=False).transforms
-    assert plain[0].interpolation == T.InterpolationMode.BILINEAR and len(plain) == 3  # the default is unchanged
+    assert all(0 <= top <= 512 - side and 0 <= left <= 512 - side for side, top, left in crops)
+    tops = [top for side, top, _ in crops if side == 256]
+    assert min(tops) < 32 and max(tops) > 224
+    assert [ImageDraws(0, 1, index).square_crop(crop_sides(512), 512) for index in range(500)] == crops
+    assert [ImageDraws(0, 2, index).square_crop(crop_sides(512), 512) for index in range(500)] != crops
+    plain = Preprocess(448, (0.5,) * 3, (0.5,) * 3).transform(train=True, hflip=False)
+    assert plain.interpolation == T.InterpolationMode.BILINEAR and not plain.random  # the default is unchanged
 
 
 def _lgconv_resnet18(num_classes: int) -> MultiLabelModel:

@@ -44,8 +44,8 @@ def _images(tmp_path, n: int = 12) -> Split:
 
 
 def _pil_batches(split: Split, train: bool, flip_views: bool = False, seed: int = 0):
-    # with flip_views the dataset flips, not the transform (as make_loaders builds them)
-    dataset = ImageDataset(split, PRE.transform(train=train, hflip=train and not flip_views), flip_views=train and flip_views)
+    dataset = ImageDataset(split, PRE.transform(train=train, hflip=train), flip_views=train and flip_views,
+                           seed=seed if train else None)
     loader = DataLoader(dataset, batch_size=5, shuffle=train, generator=torch.Generator().manual_seed(seed),
                         collate_fn=collate_skipping)
     return list(loader)
@@ -61,7 +61,7 @@ def codec(request):
 
 def _device_batches(split: Split, train: bool, flip_views: bool = False, seed: int = 0, device=CPU, codec=None):
     batches = device_loader(split, PRE, device, codec or image_codec(device), batch_size=5, num_workers=0, train=train,
-                            hflip=train, flip_views=flip_views, generator=torch.Generator().manual_seed(seed))
+                            hflip=train, flip_views=flip_views, generator=torch.Generator().manual_seed(seed), seed=seed)
     return [(images.cpu(), labels, index) for images, labels, index in batches]
 
 
@@ -76,10 +76,8 @@ def test_device_decode_matches_the_pil_path(tmp_path, train, flip_views, device,
     """Same shapes, labels, index (flip views too) and flips; pixels within one grey level
     (libjpeg on the CPU; nvJPEG upsamples chroma its own way: a few levels), with either library."""
     split = _images(tmp_path)
-    torch.manual_seed(0)
     pil = _pil_batches(split, train, flip_views)
-    torch.manual_seed(0)  # with no workers the flips come from the global RNG: same draws
-    dev = _device_batches(split, train, flip_views, device=device, codec=codec)
+    dev = _device_batches(split, train, flip_views, device=device, codec=codec)  # the same flips: drawn per image
     bound = (1.01, 0.3) if device.type == "cpu" else (8.0, 1.0)
     assert len(pil) == len(dev)
     for (a, la, ia), (b, lb, ib) in zip(pil, dev):
@@ -94,8 +92,7 @@ def test_device_decode_matches_the_pil_path(tmp_path, train, flip_views, device,
 
 def test_device_decode_flips_are_seeded(tmp_path):
     split = _images(tmp_path, 10)
-    def batches(seed):  # no workers: the order from the loader's generator, the flips from the run's seed
-        torch.manual_seed(seed)
+    def batches(seed):  # the order from the loader's generator, the flips drawn per image from the run's seed
         return _device_batches(split, True, seed=seed)
 
     first, again, other = batches(3), batches(3), batches(4)
@@ -240,9 +237,11 @@ def test_bf16_and_channels_last_train_on_cpu(small_digits, tmp_path):
 
 
 def test_predict_returns_a_tensor_autograd_can_use():
+    from modes.linear import FeatureDataset
+
     model = torch.nn.Linear(3, 2)
-    loader = [(torch.randn(4, 3), None, None)]
-    scores = engine.predict(model, loader, CPU)
+    dataset = FeatureDataset(torch.randn(4, 3).numpy(), torch.zeros(4, 2).numpy())
+    scores = engine.predict(model, DataLoader(dataset, sampler=[[0, 1, 2, 3]], batch_size=None), CPU)
     assert not scores.is_inference()
     (scores * torch.ones(4, 2, requires_grad=True)).sum().backward()  # APL multiplies its soft labels in
 

@@ -136,12 +136,13 @@ def test_flip_view_dataset_reports_the_flip_in_the_index(small_digits):
     from preprocess import Preprocess
 
     train = load_splits(small_digits, "digits", small_digits / "images").train
-    tf = Preprocess(24, (0.5,) * 3, (0.5,) * 3).transform(train=False, hflip=False)
-    plain, flipping = ImageDataset(train, tf), ImageDataset(train, tf, flip_views=True)
+    pre = Preprocess(24, (0.5,) * 3, (0.5,) * 3)
+    plain = ImageDataset(train, pre.transform(train=False, hflip=False))
+    flipping = ImageDataset(train, pre.transform(train=True, hflip=True), flip_views=True, seed=0)
     n = len(train.images)
-    torch.manual_seed(0)
     seen = set()
-    for _ in range(12):
+    for epoch in range(1, 13):
+        flipping.set_epoch(epoch)
         image, label, view = flipping[5]
         seen.add(view)
         expected = plain[5][0].flip(-1) if view == n + 5 else plain[5][0]

@@ -4,13 +4,16 @@
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK (PyTorch's "torchrun (Elastic Launch)"
 docs); without them the run is one process and every function here is a no-op, so the
-single-process path runs no collective and gives the same numbers as before.
+single-process path runs no collective and gives the same numbers as before. How the
+processes meet, agree on errors and build their process group: training/processes.py.
 
 Batches (`ShardedBatchSampler`): the epoch's global order is the permutation a
 single-process DataLoader draws from the same generator; each global batch of --bsize
 is split among the ranks as evenly as possible, so their union covers every example
-once, and each rank's loss is weighted by its share (`step_weights`): DDP averages the
-gradients over ranks, which then equal the gradient of the global batch's mean loss.
+once. A loss that is a mean over images is computed on each rank's rows, weighted by its
+share (`share_weight`): DDP averages the gradients over ranks, which then equal the gradient
+of the global batch's mean loss. A loss with a batch statistic sees the whole global batch
+(`GlobalBatch`).
 Evaluation (`shard_rows`, `gather_rows`): each rank scores a contiguous slice of the
 split, without padding, and the slices are gathered back in dataset order on every rank.
 """
@@ -28,6 +31,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from errors import UserError
+from methods.base import WholeBatch
 
 # A rank that dies inside a collective leaves the others waiting; torchrun's agent stops the
 # processes of its node at once, and this bounds the wait of the other nodes' processes.
@@ -62,25 +66,6 @@ def world() -> World:
 
 def is_main() -> bool:
     return world().is_main
-
-
-@contextlib.contextmanager
-def process_group(device: str) -> Iterator[None]:
-    """The process group of a torchrun run (nccl on CUDA, gloo on the CPU), destroyed on the way out."""
-    here = world()
-    if not here.distributed:
-        yield
-        return
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.set_device(torch.device(device))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT,
-                            device_id=torch.device(device) if cuda else None)
-    try:
-        dist.barrier()  # every rank has passed its checks before any writes (nccl connects lazily)
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def same_as_main(value):
@@ -173,16 +158,73 @@ class ShardedBatchSampler(Sampler[list[int]]):
         return [batch[i] for i in shard_rows(len(batch), self.here)]
 
 
-def step_weights(loader: DataLoader) -> list[float] | None:
-    """Per step, the factor of this rank's mean loss: local_n x world / global_n (1 for full batches),
-    so that DDP's average of the ranks' gradients is the gradient of the global batch's mean loss.
-    None for a loader that is not sharded."""
+def step_shares(loader: DataLoader) -> list[list[int]] | None:
+    """Per step, how many examples of the global batch each rank loads (the sampler's split, before any
+    unreadable image is skipped); None for a loader that is not sharded."""
     loader = getattr(loader, "loader", loader)  # --decode gpu wraps a DataLoader (device_decode.py)
     sampler = loader.batch_sampler if isinstance(loader.batch_sampler, ShardedBatchSampler) else loader.sampler
     if not isinstance(sampler, ShardedBatchSampler):
         return None
-    size = sampler.here.size
-    return [even_shares(n, size)[sampler.here.rank] * size / n for n in sampler.global_sizes()]
+    return [even_shares(n, sampler.here.size) for n in sampler.global_sizes()]
+
+
+def share_weight(counts: list[int]) -> float:
+    """The factor of this rank's mean loss over its `counts[rank]` examples: local x world / global, so that
+    DDP's average of the ranks' gradients is the gradient of the global batch's mean loss."""
+    return counts[world().rank] * len(counts) / sum(counts)
+
+
+class GlobalBatch(WholeBatch):
+    """A global batch of which rank r holds `counts[r]` consecutive rows (ShardedBatchSampler's split).
+
+    Every rank computes the whole batch's loss from the gathered rows: the same loss on every rank.
+    The loss's own parameters (ROLE's label matrix) and per-example state (LL-Cp's corrections) see
+    the whole batch on every rank, so they stay the same everywhere without merging; the model's
+    gradient comes back through `_GatherRows`.
+    """
+
+    def __init__(self, counts: list[int]):
+        self.counts = counts
+
+    def gather(self, local: torch.Tensor, count: int | None = None) -> torch.Tensor:
+        counts = self.counts if count is None else even_shares(count, len(self.counts))  # `part`'s shares
+        if local.requires_grad:
+            return _GatherRows.apply(local, counts)
+        return _gather_padded(local, counts)
+
+    def part(self, count: int) -> slice:
+        rows = shard_rows(count, world())
+        return slice(rows.start, rows.stop)
+
+
+def _gather_padded(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """The ranks' `counts[r]` rows each, concatenated in rank order (all_gather needs equal shapes: padded, then cut)."""
+    rows = max(counts)
+    padded = local if len(local) == rows else torch.cat([local, local.new_zeros((rows - len(local), *local.shape[1:]))])
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows, with a gradient for this rank's own.
+
+    Every rank computes the same loss from the same gathered rows, so the gradient of this rank's
+    rows is the same on every rank; summed over the ranks (what all_gather's backward computes with
+    a collective) it is world x this rank's own, obtained without communication. DDP's average over
+    the ranks divides it back: the model gets the single-process gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        rank = world().rank
+        ctx.rows = slice(sum(counts[:rank]), sum(counts[:rank + 1]))
+        ctx.size = len(counts)
+        return _gather_padded(local.detach(), counts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad[ctx.rows] * ctx.size, None
 
 
 # --- collectives (no-ops in one process) ---------------------------------------------------
@@ -211,31 +253,21 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values / world().size
 
 
+def gather_counts(count: int, device: torch.device) -> list[int]:
+    """Every rank's `count`, in rank order (one small collective, and a host sync on a GPU)."""
+    if not world().distributed:
+        return [count]
+    counts = [torch.zeros((), dtype=torch.long, device=device) for _ in range(world().size)]
+    dist.all_gather(counts, torch.tensor(count, device=device))
+    return [int(n) for n in counts]
+
+
 def sum_over_ranks(count: int, device: torch.device) -> int:
     if not world().distributed:
         return count
     total = torch.tensor(count, device=device)
     dist.all_reduce(total)
     return int(total)
-
-
-def average_gradients(params) -> None:
-    """Average over ranks the gradients of parameters DDP does not own (ROLE's label matrix)."""
-    if not world().distributed:
-        return
-    for param in params:
-        if param.grad is not None:
-            dist.all_reduce(param.grad)
-            param.grad /= world().size
-
-
-def merge_rows(buffer: torch.Tensor) -> None:
-    """A boolean buffer whose rows each rank set in its batches (LL-Cp's corrections): their union."""
-    if not world().distributed or buffer.numel() == 0:
-        return
-    merged = buffer.to(torch.uint8)
-    dist.all_reduce(merged, op=dist.ReduceOp.MAX)
-    buffer.copy_(merged.bool())
 
 
 def broadcast_buffers(module: nn.Module) -> None:

@@ -8,16 +8,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from errors import UserError
-from instrumentation import RunLog, epoch_line
-from methods.base import SPMLLoss
+from instrumentation import RunLog, SkippedImages, epoch_line
+from methods.base import ONE_PROCESS, SPMLLoss
 from metrics import compute_metrics
-from training import distributed
+from training import distributed, stop
 from training.speed import StepOptions
 
 log = logging.getLogger(__name__)
@@ -102,40 +103,51 @@ def _read_losses(window: list[torch.Tensor], steps: list[int], names: list[str],
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, options: StepOptions = StepOptions(),
-                    after_step: Callable[[], None] | None = None) -> dict:
-    """One pass over `loader`; `after_step()` runs after every optimiser step (lr schedule, weight EMA).
+                    after_step: Callable[[], None] | None = None, skipped: SkippedImages | None = None) -> dict:
+    """One pass over `loader`; `after_step()` runs after every optimiser step (lr schedule, weight EMA);
+    the images left out as unreadable (--skip-bad-images) are counted and noted in `skipped`.
 
     Under torchrun `model` is the DistributedDataParallel wrapper and `loader` gives this rank's part
-    of each global batch; its loss is weighted by its share (distributed.step_weights)."""
+    of each global batch: a loss that is a mean over images is computed on it and weighted by its share
+    (distributed.share_weight), a `whole_batch` loss on the gathered global batch (distributed.GlobalBatch)."""
     model.train()
-    weights = distributed.step_weights(loader)
+    shares = distributed.step_shares(loader)
+    may_skip = getattr(loader.dataset, "skip_unreadable", False)
     totals: dict[str, float] = {}
-    seen = 0
+    seen, seen_rows = 0, []
     window: list[torch.Tensor] = []  # (1 + terms) losses of the steps not yet read
     window_steps: list[int] = []
     names: list[str] = []
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=distributed.bar_disabled())
     progress = _Progress(bar, epoch, len(loader))
     for step, (images, targets, index) in enumerate(bar, start=1):
+        stop.raise_pending()
         seen += len(index)
-        if len(index) == 0:  # every image of the batch was unreadable and skipped (--skip-bad-images)
+        if may_skip:
+            seen_rows.append(index % len(loader.dataset))  # a mirrored view's index is its row + N (flip_views)
+        # under torchrun, the rows each rank holds: the sampler's split, or, when images may be skipped, asked
+        counts = (distributed.gather_counts(len(index), device) if may_skip else shares[step - 1]) if shares else None
+        if (sum(counts) if counts else len(index)) == 0:  # every image of the batch was unreadable: no step
             continue
         images = options.images_to(images, device)
         targets = targets.to(device, non_blocking=True)
         index = index.to(device, non_blocking=True)
+        whole = distributed.GlobalBatch(counts) if counts and loss_fn.whole_batch else ONE_PROCESS
         with options.autocast(device):
-            logits = model(images)
+            logits = whole.gather(model(images).float())  # the loss in fp32 whatever the forward's precision
+            targets, index = whole.gather(targets), whole.gather(index)
             # a loss may run the model again (PU's MixUp regulariser), at the same precision; most add nothing
-            extra = loss_fn.extra_terms(model, images, logits.float(), targets, index)
-        # the loss in fp32 whatever the forward's precision
-        terms = {**loss_fn(logits.float(), targets, index), **extra}
+            extra = loss_fn.extra_terms(model, images, logits, targets, index, whole)
+        terms = {**loss_fn(logits, targets, index), **extra}
         loss = sum(terms.values())
-        if weights is not None:
-            terms = {name: term * weights[step - 1] for name, term in terms.items()}
-            loss = loss * weights[step - 1]
+        if counts and not loss_fn.whole_batch:
+            weight = distributed.share_weight(counts)
+            if weight == 0:  # none of this rank's images could be read: a zero loss, but its part in DDP's step
+                terms, loss = {name: logits.sum() * 0 for name in terms}, logits.sum() * 0
+            else:
+                terms, loss = {name: term * weight for name, term in terms.items()}, loss * weight
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        distributed.average_gradients(loss_fn.parameters())
         optimizer.step()
         if after_step is not None:
             after_step()
@@ -153,41 +165,69 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
     steps = max(len(loader), 1)
     out = {name: total / steps for name, total in totals.items()}
     out["skipped_images"] = len(loader.dataset) - distributed.sum_over_ranks(seen, device)
+    if may_skip and skipped is not None:
+        _note_unseen(loader.dataset, distributed.gather_rows(_rows(seen_rows, device)), skipped, f"epoch {epoch}")
     return out
 
 
+def _rows(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    return torch.cat(parts).to(device) if parts else torch.empty(0, dtype=torch.long, device=device)
+
+
+def _note_unseen(dataset, seen: torch.Tensor, skipped: SkippedImages, where: str) -> None:
+    """Note in `skipped` the images of `dataset` whose rows a pass did not see (left out as unreadable)."""
+    if len(seen) < len(dataset):
+        unseen = torch.ones(len(dataset), dtype=torch.bool)
+        unseen[seen.cpu()] = False
+        skipped.note([str(dataset.images[row]) for row in unseen.nonzero().flatten().tolist()], where)
+
+
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "scoring",
-            options: StepOptions = StepOptions()) -> torch.Tensor:
-    """Sigmoid scores (N, C) of every example of `loader`, in order, in eval mode (on `device`), in fp32.
+            options: StepOptions = StepOptions(), skipped: SkippedImages | None = None) -> torch.Tensor:
+    """Sigmoid scores (N, C) of every example of `loader`, in order, in eval mode (on `device`), in fp32;
+    NaN in the rows of the images left out as unreadable (--skip-bad-images), noted in `skipped`.
 
     Under torchrun each rank scores its slice of the split (distributed.shard_rows) and every rank
     gets all the scores, so that what is computed from them (metrics, pseudo-labels) is the same."""
     model.eval()
+    num_classes = loader.dataset.labels.shape[1]
     with torch.inference_mode():
-        scores = []
-        for images, _, _ in tqdm(loader, desc=desc, leave=False, disable=distributed.bar_disabled()):
+        scores, rows = [], []
+        for images, _, index in tqdm(loader, desc=desc, leave=False, disable=distributed.bar_disabled()):
+            stop.raise_pending()
+            if len(index) == 0:  # every image of the batch was unreadable
+                continue
             with options.autocast(device):
                 logits = model(options.images_to(images, device))
             scores.append(torch.sigmoid(logits.float()))
-        scores = distributed.gather_rows(torch.cat(scores))
+            rows.append(index)
+        local = torch.cat(scores) if scores else torch.empty(0, num_classes, device=device)
+        scores, rows = distributed.gather_rows(local), distributed.gather_rows(_rows(rows, local.device))
+        out = torch.full((len(loader.dataset), num_classes), math.nan, device=scores.device)
+        out[rows] = scores
+    if skipped is not None:
+        _note_unseen(loader.dataset, rows, skipped, desc)
     # A normal tensor, not an inference tensor: pseudo-labelling (APL) uses the scores in autograd.
-    return scores.clone()
+    return out.clone()
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, threshold: float, desc: str,
-             options: StepOptions = StepOptions()) -> dict:
-    scores = predict(model, loader, device, desc, options).float().cpu().numpy()
-    return compute_metrics(scores, loader.dataset.labels.numpy(), threshold)
+             options: StepOptions = StepOptions(), skipped: SkippedImages | None = None) -> dict:
+    """The metrics of `loader`'s split; with images left out as unreadable, over the others, and says how many."""
+    scores = predict(model, loader, device, desc, options, skipped).float().cpu().numpy()
+    labels = loader.dataset.labels.numpy()
+    scored = ~np.isnan(scores).any(axis=1)
+    if scored.all():
+        return compute_metrics(scores, labels, threshold)
+    return {**compute_metrics(scores[scored], labels[scored], threshold), "skipped_images": int((~scored).sum())}
 
 
-def _agree_after_epoch(model: nn.Module, ema_model: nn.Module | None, loss_fn: SPMLLoss) -> None:
+def _agree_after_epoch(model: nn.Module, ema_model: nn.Module | None) -> None:
     """Under torchrun, what the ranks may hold differently after an epoch becomes the same everywhere
-    (the parameters already are): rank 0's buffers, the union of the loss's per-batch row updates."""
+    (the parameters and the loss's state already are): rank 0's buffers (BatchNorm's statistics)."""
     distributed.broadcast_buffers(model)
     if ema_model is not None:
         distributed.broadcast_buffers(ema_model)
-    for name in loss_fn.rows_set_by_batches:
-        distributed.merge_rows(getattr(loss_fn, name))
 
 
 def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, loaders: dict[str, DataLoader],
@@ -205,22 +245,24 @@ def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, l
     the training steps call (torchrun: the DistributedDataParallel wrapper of `model`).
     """
     state = state if state is not None else TrainState()
-    score_train = lambda: predict(model, loaders["train_eval"], device, "scoring train set", options)  # noqa: E731
+    score_train = lambda: predict(model, loaders["train_eval"], device, "scoring train set", options,  # noqa: E731
+                                  run.skipped)
     for epoch in range(state.epoch + 1, epochs + 1):
         started = time.perf_counter()
         loss_fn.start_epoch(epoch, score_train)
+        loaders["train"].dataset.set_epoch(epoch)  # the epoch its per-image random choices are drawn for
         train = train_one_epoch(train_model or model, loaders["train"], loss_fn, optimizer, device, epoch, options,
-                                after_step)
-        _agree_after_epoch(model, ema_model, loss_fn)
-        val = evaluate(model, loaders["val"], device, threshold, "val", options)
-        test = evaluate(model, loaders["test"], device, threshold, "test", options)
+                                after_step, run.skipped)
+        _agree_after_epoch(model, ema_model)
+        val = evaluate(model, loaders["val"], device, threshold, "val", options, run.skipped)
+        test = evaluate(model, loaders["test"], device, threshold, "test", options, run.skipped)
         record = {"epoch": epoch, "train_loss": train.pop("loss"), "skipped_images": train.pop("skipped_images"),
                   "val_map": val["map"], "test_map": test["map"],
                   "train_terms": train, "val": val, "test": test, "time_s": time.perf_counter() - started}
         chosen, val_map, test_map = model, val["map"], test["map"]
         if ema_model is not None:
-            ema_val = evaluate(ema_model, loaders["val"], device, threshold, "val (EMA)", options)
-            ema_test = evaluate(ema_model, loaders["test"], device, threshold, "test (EMA)", options)
+            ema_val = evaluate(ema_model, loaders["val"], device, threshold, "val (EMA)", options, run.skipped)
+            ema_test = evaluate(ema_model, loaders["test"], device, threshold, "test (EMA)", options, run.skipped)
             record.update(ema_val_map=ema_val["map"], ema_test_map=ema_test["map"], ema_val=ema_val, ema_test=ema_test,
                           selected="ema" if ema_val["map"] > val["map"] else "regular",
                           time_s=time.perf_counter() - started)

@@ -6,7 +6,8 @@ loss's own parameter groups (ROLE's label estimator at lr x10) with the recipe's
 options (training/recipe.py: weight decay, per-step schedule, weight EMA), resumes
 from `last.pt` when asked, runs `engine.fit`, writes `last.pt` after every epoch and
 `best.pt` on a val gain, and marks the results diverged (non-finite loss) or
-interrupted (Ctrl-C) when the run ends early, or failed (with the error as its reason).
+interrupted (Ctrl-C, SIGTERM) when the run ends early, or failed (with the error as its reason;
+under torchrun, the error of the process that failed first), naming the last checkpoint.
 
 Runs made of several phases, each in its own folder (linear_init's two, the
 grid points of --search), go on under --resume phase by phase: `resumed_phase`
@@ -24,10 +25,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from config import Config, with_defaults
-from errors import UserError
-from instrumentation import RUN_FILES, RunLog, run_status, test_oracle
+from errors import ReportedElsewhere, UserError
+from instrumentation import RUN_FILES, RunLog, run_results, run_status, test_oracle
 from methods.base import SPMLLoss
-from training import distributed
+from training import distributed, processes, stop
 from training.checkpoint import (
     BEST,
     LAST,
@@ -115,8 +116,10 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     here = distributed.world()
     run_log = RunLog(out, cfg.to_dict(), ckpt["epochs"] if ckpt else None, writer=here.is_main)
     run_log.info.update(info or {}, phase_epochs=epochs, parameters={"trainable": trainable, "total": total})
-    if here.distributed:  # --bsize is the global batch; what each process took of it
-        run_log.info.update(world_size=here.size, bsize_global=cfg.bsize, bsize_per_process=cfg.bsize // here.size)
+    # --bsize is the global batch; what each process took of it, now and since each change of the process count
+    world_sizes = _world_sizes(out, ckpt, state.epoch + 1, here.size, cfg.bsize)
+    run_log.info.update(world_size=here.size, bsize_global=cfg.bsize, bsize_per_process=cfg.bsize // here.size,
+                        world_sizes=world_sizes)
     train_gen = loaders["train"].generator
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -139,7 +142,7 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                   **({"ema": ema.state_dict()} if ema is not None else {})}
         save_checkpoint(out / LAST, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "loss_state": loss_fn.state_dict(), "epochs": run_log.epochs,
-                                     "rng": rng_state(train_gen), **recipe, **meta})
+                                     "world_sizes": world_sizes, "rng": rng_state(train_gen), **recipe, **meta})
 
     try:
         log.info(f"{cfg.dataset} ({len(loaders['train'].dataset)} train / {len(loaders['val'].dataset)} val / "
@@ -153,32 +156,28 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                         state=state, on_epoch_end=save_checkpoints, options=options,
                         after_step=after_step if scheduler is not None or ema is not None else None,
                         ema_model=ema.module if ema is not None else None, train_model=train_model)
-        except (NonFiniteLoss, KeyboardInterrupt) as err:
+        except BaseException as err:  # a NaN, Ctrl-C / SIGTERM, bad data, a full disk, a bug: never left "running"
             # Nothing of the unfinished epoch is kept: last.pt and best.pt stay as the last completed epoch left them.
-            status, reason = ("diverged", str(err)) if isinstance(err, NonFiniteLoss) else \
-                ("interrupted", "interrupted by the user (Ctrl-C)")
-            run_log.write_results(state.summary(), status, reason=reason, last_completed_epoch=state.epoch)
-            # A diverged run resumed would replay the same steps: the way on is a new run (lower --lr).
-            # under torchrun: the same torchrun command with main.py --resume
-            resume = f"`{'torchrun ... ' if here.distributed else 'python '}main.py --resume {cfg.out}`"
-            if not here.is_main:  # rank 0 says it
+            status, reason, raised = _why_stopped(err, device)
+            last = str(out / LAST) if state.epoch else None
+            run_log.write_results(state.summary(), status, reason=reason, last_completed_epoch=state.epoch,
+                                  last_checkpoint=last)
+            if here.is_main and status != "failed":  # rank 0 says it
+                # A diverged run resumed would replay the same steps: the way on is a new run (lower --lr).
+                # under torchrun: the same torchrun command with main.py --resume
+                resume = f"`{'torchrun ... ' if here.distributed else 'python '}main.py --resume {cfg.out}`"
+                stopped = f"stopped during epoch {state.epoch + 1}" + (f" by {raised.name}" if status == "interrupted"
+                                                                         and isinstance(raised, stop.Interrupted) else "")
+                if state.epoch == 0:
+                    then = "" if status == "diverged" else f"; {resume} starts it again"
+                    log.error(f"{stopped}: no epoch completed, no checkpoint written; results.json is marked "
+                              f"{status}{then}")
+                else:
+                    then = "" if status == "diverged" else f"; {resume} continues from there"
+                    log.error(f"{stopped}: {last} and results.json (marked {status}) hold epoch {state.epoch}{then}")
+            if raised is err:
                 raise
-            if state.epoch == 0:
-                then = "" if status == "diverged" else f"; {resume} starts it again"
-                log.error(f"stopped during epoch 1: no epoch completed, no checkpoint written; results.json is "
-                          f"marked {status}{then}")
-            else:
-                then = "" if status == "diverged" else f"; {resume} continues from there"
-                log.error(f"stopped during epoch {state.epoch + 1}: {LAST} and results.json (marked {status}) hold "
-                          f"epoch {state.epoch}{then}")
-            raise
-        except Exception as err:  # an unreadable image, a full disk, a bug: results.json must not say "running"
-            error = _deterministic_error(err, device) or err
-            reason = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
-            run_log.write_results(state.summary(), "failed", reason=reason, last_completed_epoch=state.epoch)
-            if error is err:
-                raise
-            raise error from err
+            raise raised from err
         run_log.write_results(state.summary(), "completed")
         log.info(f"best epoch {state.best_epoch}: val mAP {state.best_val_map:.2f}, "
                  f"test mAP {state.best_test_map:.2f} -> {out / 'results.json'}")
@@ -191,6 +190,22 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
         run_log.close()
 
 
+def _why_stopped(err: BaseException, device: torch.device) -> tuple[str, str, BaseException]:
+    """(status, reason, the exception to stop with) of a run that `err` stopped before its end."""
+    own = err if isinstance(err, UserError) else _deterministic_error(err, device) or err
+    message = str(own) if isinstance(own, UserError) else f"{type(own).__name__}: {own}"
+    if (peer := processes.peer_failure(own=message)) is not None:  # torchrun: another process failed first
+        return "failed", peer, ReportedElsewhere(peer)
+    if isinstance(err, NonFiniteLoss):
+        return "diverged", message, err
+    # a signal, or an error a signal caused (under torchrun, a process it stopped left a collective)
+    interrupt = err if isinstance(err, KeyboardInterrupt) else stop.interrupted_by()
+    if interrupt is not None:
+        reason = interrupt.reason if isinstance(interrupt, stop.Interrupted) else "interrupted by the user (Ctrl-C)"
+        return "interrupted", reason, interrupt
+    return "failed", message, own
+
+
 def _deterministic_error(err: Exception, device: torch.device) -> UserError | None:
     """--deterministic met an op without a deterministic kernel: one line naming the op, not a traceback."""
     if not isinstance(err, RuntimeError) or "does not have a deterministic implementation" not in str(err):
@@ -198,6 +213,20 @@ def _deterministic_error(err: Exception, device: torch.device) -> UserError | No
     op = str(err).splitlines()[0].split(" does not have")[0]  # PyTorch names the op in its first line
     return UserError(f"--deterministic: {op} has no deterministic implementation on {device}; "
                      f"drop --deterministic or use another --model")
+
+
+def _world_sizes(out: Path, ckpt: dict | None, first_epoch: int, size: int, bsize: int) -> list[dict]:
+    """The processes each stretch of the run's epochs trained on (a run resumed on another count starts a new one)."""
+    if ckpt is None:
+        earlier = []
+    elif "world_sizes" in ckpt:
+        earlier = ckpt["world_sizes"]
+    else:  # a checkpoint older than this record: its results.json said the count when it was not 1
+        before = run_results(out).get("world_size", 1)
+        earlier = [{"from_epoch": 1, "world_size": before, "bsize_per_process": bsize // before}]
+    if earlier and earlier[-1]["world_size"] == size:
+        return earlier
+    return [*earlier, {"from_epoch": first_epoch, "world_size": size, "bsize_per_process": bsize // size}]
 
 
 def _per_process(here: distributed.World, bsize: int) -> str:

@@ -8,8 +8,8 @@ cosines come from `scores.py` (computed once, cached); the rule runs once at
 set-up on the whole (V*N, C) table, then each step only indexes it.
 
 Flips: the reference scores the image actually fed, flipped or not. Here the
-train set is an `ImageDataset(flip_views=True)`, which does the random flip itself and returns
-the *view index* `index + N * flipped` in place of the row index; the loss looks
+train set is an `ImageDataset(flip_views=True)`, which returns the *view index*
+`index + N * flipped` of the image it flipped in place of the row index; the loss looks
 its pseudo-labels up at that row of the (2N, C) table. The batch format stays
 (image, targets, index).
 
@@ -68,6 +68,7 @@ def pseudo_labels(cosines: torch.Tensor, temp: float, threshold: float, partial:
     if k > 0:
         lowest = torch.topk(scores, k, dim=-1, largest=False).indices
         labels.scatter_(1, lowest, -1.0)
+    labels[cosines.isnan().any(dim=1)] = 0  # an image left out as unreadable (--skip-bad-images): none
     return labels
 
 

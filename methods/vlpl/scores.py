@@ -64,22 +64,24 @@ def encode_prompts(model: torch.nn.Module, spec: ClipSpec, prompts: list[str], d
 
 @torch.no_grad()
 def score_images(model: torch.nn.Module, paths: np.ndarray, text: torch.Tensor, views: int, device: torch.device,
-                 batch_size: int = 32, num_workers: int = 0) -> np.ndarray:
-    """(views*N, C) cosines between CLIP image embeddings and `text`; view 1 is the mirrored image."""
+                 batch_size: int = 32, num_workers: int = 0, skip_unreadable: bool = False) -> np.ndarray:
+    """(views*N, C) cosines between CLIP image embeddings and `text`; view 1 is the mirrored image.
+    With `skip_unreadable` an unreadable image's rows are NaN (it is left out of training too)."""
     # A square resize (not CLIP's crop), so CLIP sees the whole image the trained backbone sees.
     transform = clip_preprocess(model).transform(train=False, hflip=False)
     labels = np.zeros((len(paths), 1), dtype=np.float32)  # ImageDataset yields labels; unused here
-    loader = DataLoader(ImageDataset(Split(paths, labels), transform), batch_size=batch_size, num_workers=num_workers)
+    dataset = ImageDataset(Split(paths, labels), transform, skip_unreadable=skip_unreadable)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=dataset.collate)
     text = text.to(device)
-    out = [[] for _ in range(views)]
-    for images, _, _ in tqdm(loader, desc="CLIP scores of the train set", disable=None):
+    out = np.full((views, len(paths), len(text)), np.nan, dtype=np.float32)
+    for images, _, index in tqdm(loader, desc="CLIP scores of the train set", disable=None):
         images = images.to(device)
         for view in range(views):
             # Mirroring the resized tensor equals resizing the mirrored image: the resize grid is symmetric.
             batch = images.flip(-1) if view else images
             emb = torch.nn.functional.normalize(model.encode_image(batch).float(), dim=-1)
-            out[view].append((emb @ text.T).cpu())
-    return torch.cat([torch.cat(chunks) for chunks in out]).numpy().astype(np.float32)
+            out[view, index.numpy()] = (emb @ text.T).cpu().numpy()
+    return out.reshape(views * len(paths), len(text))
 
 
 def _sha(data: bytes) -> str:
@@ -88,8 +90,10 @@ def _sha(data: bytes) -> str:
 
 def train_similarities(dataset: str, data_dir: Path, image_paths: np.ndarray, class_names: list[str], spec: ClipSpec,
                        views: int, device: torch.device, text_features: Path | None = None,
-                       prompt: str = DEFAULT_PROMPT, num_workers: int = 0) -> np.ndarray:
-    """(views*N, C) CLIP cosines of the training images, from the cache or computed once and cached."""
+                       prompt: str = DEFAULT_PROMPT, num_workers: int = 0, skip_unreadable: bool = False) -> np.ndarray:
+    """(views*N, C) CLIP cosines of the training images, from the cache or computed once and cached. With
+    `skip_unreadable` an unreadable image's rows are NaN, and the scores are not cached (a repaired image is
+    scored next time)."""
     if text_features is not None:
         text_np = load_text_features(text_features, len(class_names))
         text_key = {"text_features": _sha(text_np.tobytes())}
@@ -121,8 +125,12 @@ def train_similarities(dataset: str, data_dir: Path, image_paths: np.ndarray, cl
                             f"embeds images in {dim}-d; use text features of the same CLIP model")
     else:
         text = encode_prompts(model, spec, prompts, device)
-    scores = score_images(model, image_paths, text, views, device, num_workers=num_workers)
+    scores = score_images(model, image_paths, text, views, device, num_workers=num_workers,
+                          skip_unreadable=skip_unreadable)
     del model
+    if (unreadable := int(np.isnan(scores).all(axis=1).sum()) // views):  # training names them
+        log.warning(f"CLIP scores: {unreadable} unreadable image(s) left out (--skip-bad-images); not cached")
+        return scores
     save_npy_atomic(cache, scores)
     write_json_atomic(cache.with_suffix(".json"), key_fields)
     return scores
