@@ -14,7 +14,7 @@ def library_modules() -> dict[str, Path]:
     modules = {}
     for path in REPO_ROOT.rglob("*.py"):
         rel = path.relative_to(REPO_ROOT)
-        if rel.parts[0] in ENTRY_POINT_DIRS or rel.parts[0].startswith("."):
+        if rel.parts[0] in ENTRY_POINT_DIRS + ("runs", "data") or rel.parts[0].startswith("."):  # runs/: run output
             continue
         parts = list(rel.with_suffix("").parts)
         if parts[-1] == "__init__":
