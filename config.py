@@ -94,7 +94,8 @@ class Config:
     sched_epochs: int = 0  # OneCycle's length in epochs (--epochs unless given); 0 without a schedule
     ema: float = 0.0  # decay of the weight EMA; 0: none
     lgconv: bool = False  # PU-MLC's local-global convolution around every 3x3 conv of a ResNet
-    head: str = "linear"  # "ssgrl": PU-MLC's semantic decoupling + gated GNN head (ssgrl.py)
+    head: str = "linear"  # what turns the backbone's feature map into logits (nets/heads.py)
+    boost_alpha: float | None = None  # --head boostlu: the factor of the positive CAM values
     word_vectors: Path | None = None  # (C, D) class word vectors of the ssgrl head
     freeze_bn: bool = False  # every BatchNorm in eval mode while training (the authors' recipe)
     train_scope: str = "all"  # "layer4-head": the stem and layer1-3 frozen, except LGConv's global branches

@@ -11,7 +11,7 @@ from torchvision import transforms as T
 
 from cli import parse_args
 from errors import UserError
-from lgconv import convert_to_lgconv
+from nets.lgconv import convert_to_lgconv
 from main import main
 from models import MultiLabelModel, create_backbone
 from preprocess import Preprocess, RandomSquareCrop, crop_sides
