@@ -221,13 +221,19 @@ def _with_preset(argv: list[str] | None) -> list[str]:
     argv = list(sys.argv[1:] if argv is None else argv)
     finder = argparse.ArgumentParser(add_help=False)
     finder.add_argument("--preset", choices=sorted(RUN_PRESETS))
-    name = finder.parse_known_args(argv)[0].preset
+    finder.add_argument("--head")
+    found = finder.parse_known_args(argv)[0]
+    name = found.preset
     if name is None:
         return argv
     flags = list(RUN_PRESETS[name].flags)
     # the two batch flags exclude each other: the user's choice stands
     for mine, theirs in (("--bsize", "--per-gpu-bsize"), ("--per-gpu-bsize", "--bsize")):
         if any(arg == mine or arg.startswith(mine + "=") for arg in argv) and theirs in flags:
+            del flags[flags.index(theirs):flags.index(theirs) + 2]
+    # another head than the preset's: the preset's options of its own head go with it
+    for theirs, head in (("--boost-alpha", "boostlu"), ("--word-vectors", "ssgrl")):
+        if found.head not in (None, head) and theirs in flags:
             del flags[flags.index(theirs):flags.index(theirs) + 2]
     log.info(f"--preset {name}: {' '.join(flags)}")
     return [*flags, *argv]

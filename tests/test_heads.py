@@ -194,3 +194,33 @@ def test_the_suggested_crop_runs(tmp_path):
     with torch.no_grad():
         assert model(torch.randn(1, 3, 33, 33)).shape == (1, 3)
 
+
+def test_the_boostlu_presets(digits_dir, tmp_path, capsys):
+    base = ["-g", "cpu", "--data-dir", str(digits_dir), "--out", str(tmp_path / "run")]
+    cfg = parse_args(["--preset", "boostlu-coco", *base])
+    assert (cfg.dataset, cfg.loss, cfg.model, cfg.head, cfg.boost_alpha, cfg.preset) == \
+        ("coco", "LL-R", "resnet50", "boostlu", 5.0, "boostlu-coco")
+    assert (cfg.bsize, cfg.lr, cfg.classifier_lr_mult, cfg.epochs, cfg.patience, cfg.hyper.delta_rel) == \
+        (16, 1e-5, 10, 10, 0, 0.5)  # the authors' recipe; delta_rel and the head's x10 are LL-R's own
+    other = parse_args(["--preset", "boostlu-cub", "-l", "LL-Ct", "--boost-alpha", "2", *base])
+    assert (other.dataset, other.loss, other.hyper.delta_rel, other.classifier_lr_mult, other.bsize,
+            other.boost_alpha) == ("cub", "LL-Ct", 0.2, 10, 16, 2.0)
+    linear = parse_args(["--preset", "boostlu-pascal", "--head", "linear", *base])  # --boost-alpha goes with its head
+    assert (linear.dataset, linear.head, linear.boost_alpha) == ("pascal", "linear", None)
+    assert main(["-h"]) == 0
+    assert "boostlu-nuswide: BoostLU with LL-R on NUS-WIDE, single positive labels" in \
+        " ".join(capsys.readouterr().out.split())
+    from preproc.generate_observed_labels import generate_observed_labels
+
+    generate_observed_labels(digits_dir, seed=0, known_ratio=0.1)  # another protocol than the authors'
+    with pytest.raises(UserError, match="--preset boostlu-coco trains on the authors' observed labels"):
+        parse_args(["--preset", "boostlu-coco", *base])
+
+
+def test_another_head_beside_a_preset_drops_the_presets_head_options():
+    import cli
+
+    assert "--word-vectors" in cli._with_preset(["--preset", "pumlc-coco"])
+    assert "--word-vectors" in cli._with_preset(["--preset", "pumlc-coco", "--head", "ssgrl"])
+    assert "--word-vectors" not in cli._with_preset(["--preset", "pumlc-coco", "--head", "linear"])
+    assert "--boost-alpha" not in cli._with_preset(["--preset", "boostlu-coco", "--head=cam"])
