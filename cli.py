@@ -60,7 +60,10 @@ def _speed_settings(args: argparse.Namespace, device: str) -> dict:
         "amp": args.amp or ("bf16" if fast and cuda else "off"),
         "channels_last": args.channels_last if args.channels_last is not None else fast and cuda,
         "compile": args.compile,
+        "fast": fast,
     }
+    if fast and not cuda:
+        log.info(f"--fast acts on CUDA only: on {device} it changes nothing (PIL decoding, fp32)")
     try:
         check_amp(settings["amp"], device)
     except ValueError as err:

@@ -82,6 +82,7 @@ class Config:
     amp: str = "off"  # "bf16": autocast of the forward (the loss stays fp32)
     channels_last: bool = False  # NHWC memory format for convolutional backbones
     compile: bool = False  # torch.compile the model
+    fast: bool = False  # --fast was given: on CUDA it set decode, amp and channels_last; on a CPU nothing
     # The final layer's learning rate relative to --lr (Kim et al.'s x10 for LL-*, GR)
     classifier_lr_mult: float = 1.0
     # How this process was started, not what the run is: left out of config.json.
