@@ -212,8 +212,9 @@ def _classifier_lr_mult(args: argparse.Namespace, default: float) -> float:
     if args.head != "ssgrl" or mult == 1:
         return mult
     if args.classifier_lr_mult is not None:
-        raise UserError(f"--classifier-lr-mult {mult:g} sets the lr of a final linear layer; --head ssgrl has none (its "
-                        f"per-class outputs follow a graph network, all trained at --lr by PU-MLC's authors): drop it")
+        raise UserError(f"--classifier-lr-mult {mult:g} sets the lr of a final linear layer; --head ssgrl has none "
+                        f"(its per-class outputs follow a graph network, all trained at --lr by PU-MLC's authors): "
+                        f"drop it")
     log.info(f"-l {args.loss} trains a final linear layer at {mult:g} x --lr by default (its authors' lr_mult); "
              f"--head ssgrl has none, so the whole model trains at --lr")
     return 1.0

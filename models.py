@@ -88,7 +88,8 @@ def create_model(cfg: Config, num_classes: int, train_labels: np.ndarray, saved:
     model will be given (a checkpoint's), whose SSGRL word vectors are used instead of reading
     the --word-vectors file again.
     """
-    backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights, ClipSpec(cfg.clip_model, cfg.clip_weights))
+    backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights,
+                               ClipSpec(cfg.clip_model, cfg.clip_weights))
     if cfg.lgconv:  # after the pretrained weights, as the authors: the global branches start near zero
         log.info(f"--lgconv: {convert_to_lgconv(backbone.features)} convs of {cfg.model} get a global branch")
     if cfg.crop_size is not None or cfg.scale_size is not None:
@@ -109,8 +110,9 @@ def load_weights(model: nn.Module, weights: dict, source: Path) -> None:
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise UserError(f"{source} holds weights that do not fit the model its config describes "
-                        f"({str(err).splitlines()[0].rstrip(':.')}): it was written by another version of spml") from err
+        reason = str(err).splitlines()[0].rstrip(":.")
+        raise UserError(f"{source} holds weights that do not fit the model its config describes ({reason}): "
+                        f"it was written by another version of spml") from err
 
 
 def _unwrap_state_dict(obj) -> dict:

@@ -69,7 +69,8 @@ HEADS: dict[str, HeadEntry] = {
                      cams=True),
     "boostlu": HeadEntry(BoostLUHead, "BoostLU (Kim et al., CVPR 2023): the class activation maps with their positive "
                                       "values multiplied by --boost-alpha, then averaged", cams=True),
-    "ssgrl": HeadEntry(lambda feature_dim, num_classes, word_vectors, graph: SSGRLHead(feature_dim, word_vectors, graph),
+    "ssgrl": HeadEntry(lambda feature_dim, num_classes, word_vectors, graph:
+                       SSGRLHead(feature_dim, word_vectors, graph),
                        "PU-MLC's head: semantic decoupling guided by --word-vectors and a gated GNN over the "
                        "co-occurrence graph of the observed train labels", min_map_side=2),
 }

@@ -60,7 +60,8 @@ def test_the_grid_shows_a_map_per_class(runs, tmp_path):
     assert pixels.shape == (ROWS * panel, (1 + TOP) * panel, 3)  # one row per image: the image, then TOP maps
 
     def picture(row: int, col: int) -> np.ndarray:  # a panel below its title band
-        return pixels[row * panel + int(show_cams.TITLE_FRACTION * panel):(row + 1) * panel, col * panel:(col + 1) * panel]
+        top = row * panel + int(show_cams.TITLE_FRACTION * panel)
+        return pixels[top:(row + 1) * panel, col * panel:(col + 1) * panel]
 
     for row in range(ROWS):
         assert not np.array_equal(picture(row, 0), picture(row, 1))  # the map is drawn over the image

@@ -45,8 +45,8 @@ def test_resnet101_lgconv_ssgrl_at_448():
     backbone = create_backbone("resnet101", pretrained=False)
     convert_to_lgconv(backbone.features)
     targets = np.eye(20)[np.arange(40) % 20]
-    model = MultiLabelModel(backbone, 20, "ssgrl", word_vectors=np.random.RandomState(0).randn(20, 300).astype(np.float32),
-                            graph=cooccurrence_graph(targets)).train()
+    vectors = np.random.RandomState(0).randn(20, 300).astype(np.float32)
+    model = MultiLabelModel(backbone, 20, "ssgrl", word_vectors=vectors, graph=cooccurrence_graph(targets)).train()
     count = sum(p.numel() for p in model.parameters())
     print(f"ResNet-101 + LGConv + SSGRL head, 20 classes: {count:,} parameters")
     assert 50e6 < count < 70e6
@@ -84,7 +84,8 @@ def test_a_losses_lr_mult_does_not_apply_to_ssgrl(tmp_path, caplog):
     caplog.set_level("INFO")
     vectors = tmp_path / "vectors.npy"
     np.save(vectors, np.zeros((10, 4), dtype=np.float32))
-    base = ["-g", "cpu", "-l", "LL-R", "--head", "ssgrl", "--word-vectors", str(vectors), "--out", str(tmp_path / "run")]
+    base = ["-g", "cpu", "-l", "LL-R", "--head", "ssgrl", "--word-vectors", str(vectors),
+            "--out", str(tmp_path / "run")]
     assert parse_args(base).classifier_lr_mult == 1
     assert "-l LL-R trains a final linear layer at 10 x --lr by default (its authors' lr_mult); --head ssgrl has " \
            "none, so the whole model trains at --lr" in caplog.text
