@@ -8,6 +8,7 @@ checks raise `UserError` naming the flag and value.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
@@ -19,7 +20,7 @@ from errors import UserError
 from fileio import read_json
 from flags import build_parser
 from losses import LOSSES
-from models import BACKBONES
+from models import BACKBONES, BOOST_ALPHA, HEADS
 from preflight import existing_file, existing_folder, new_run_folder, writable_folder
 from preproc.generate_observed_labels import label_protocol
 from presets import LINEAR_EPOCHS, PRESETS, REPO_ROOT, RUN_PRESETS, custom_preset, dataset_dir, how_to_prepare, preset_of
@@ -60,7 +61,10 @@ def _speed_settings(args: argparse.Namespace, device: str) -> dict:
         "amp": args.amp or ("bf16" if fast and cuda else "off"),
         "channels_last": args.channels_last if args.channels_last is not None else fast and cuda,
         "compile": args.compile,
+        "fast": fast,
     }
+    if fast and not cuda:
+        log.info(f"--fast acts on CUDA only: on {device} it changes nothing (PIL decoding, fp32)")
     try:
         check_amp(settings["amp"], device)
     except ValueError as err:
@@ -177,18 +181,61 @@ def _check_recipe(args: argparse.Namespace, epochs: int) -> None:
                         "--train-mode end_to_end without --search")
 
 
+def _check_head(args: argparse.Namespace, model: str) -> None:
+    """The head can read what the backbone gives, at the image side it will see, before anything is written."""
+    head, backbone = HEADS[args.head], BACKBONES[model]
+    if args.head != "linear" and args.train_mode != "end_to_end":
+        raise UserError(f"--head {args.head} reads the feature map of a backbone trained end to end; --train-mode "
+                        f"{args.train_mode} trains a linear layer on pooled features: use --head linear")
+    if head.reads_map and backbone.map_side is None:
+        with_map = ", ".join(name for name, entry in sorted(BACKBONES.items()) if entry.map_side is not None)
+        raise UserError(f"--head {args.head} reads a spatial feature map and -m {model} has none (it gives a pooled "
+                        f"embedding): use --head linear, or a backbone with a map ({with_map})")
+    if (args.head == "ssgrl") != (args.word_vectors is not None):
+        raise UserError("--head ssgrl and --word-vectors go together: pass both, or neither")
+    if args.boost_alpha is not None and args.head != "boostlu":
+        raise UserError(f"--boost-alpha scales the class activation maps of --head boostlu, not of --head {args.head}: "
+                        f"drop it, or pass --head boostlu")
+    if args.crop_size is not None and backbone.map_side is not None:
+        side, least = backbone.map_side(args.crop_size), head.min_map_side
+        if side < least:
+            crop = next(size for size in itertools.count(args.crop_size) if backbone.map_side(size) >= least)
+            raise UserError(f"--crop-size {args.crop_size}: the feature map of -m {model} would be {side} x {side} and "
+                            f"--head {args.head} reads at least {least} x {least}: pass --crop-size {crop} or more")
+
+
+def _classifier_lr_mult(args: argparse.Namespace, default: float) -> float:
+    """--classifier-lr-mult, or the loss's default; SSGRL has no single final layer for either."""
+    mult = default if args.classifier_lr_mult is None else args.classifier_lr_mult
+    if args.head != "ssgrl" or mult == 1:
+        return mult
+    if args.classifier_lr_mult is not None:
+        raise UserError(f"--classifier-lr-mult {mult:g} sets the lr of a final linear layer; --head ssgrl has none "
+                        f"(its per-class outputs follow a graph network, all trained at --lr by PU-MLC's authors): "
+                        f"drop it")
+    log.info(f"-l {args.loss} trains a final linear layer at {mult:g} x --lr by default (its authors' lr_mult); "
+             f"--head ssgrl has none, so the whole model trains at --lr")
+    return 1.0
+
+
 def _with_preset(argv: list[str] | None) -> list[str]:
     """`argv` behind the flags of its --preset, if it has one: argparse keeps the last value, so the user's win."""
     argv = list(sys.argv[1:] if argv is None else argv)
     finder = argparse.ArgumentParser(add_help=False)
     finder.add_argument("--preset", choices=sorted(RUN_PRESETS))
-    name = finder.parse_known_args(argv)[0].preset
+    finder.add_argument("--head")
+    found = finder.parse_known_args(argv)[0]
+    name = found.preset
     if name is None:
         return argv
     flags = list(RUN_PRESETS[name].flags)
     # the two batch flags exclude each other: the user's choice stands
     for mine, theirs in (("--bsize", "--per-gpu-bsize"), ("--per-gpu-bsize", "--bsize")):
         if any(arg == mine or arg.startswith(mine + "=") for arg in argv) and theirs in flags:
+            del flags[flags.index(theirs):flags.index(theirs) + 2]
+    # another head than the preset's: the preset's options of its own head go with it
+    for theirs, head in (("--boost-alpha", "boostlu"), ("--word-vectors", "ssgrl")):
+        if found.head not in (None, head) and theirs in flags:
             del flags[flags.index(theirs):flags.index(theirs) + 2]
     log.info(f"--preset {name}: {' '.join(flags)}")
     return [*flags, *argv]
@@ -254,11 +301,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     new_run_folder(out.absolute())
     model = pick(args.model, preset.model)
     device = _device(args.gpu)
-    if (args.head == "ssgrl") != (args.word_vectors is not None):
-        raise UserError("--head ssgrl and --word-vectors go together: pass both, or neither")
-    if args.head == "ssgrl" and (not model.startswith("resnet") or args.train_mode != "end_to_end"):
-        raise UserError(f"--head ssgrl reads the feature map of a ResNet trained end to end; -m {model} "
-                        f"--train-mode {args.train_mode} has none: use -m resnet18/resnet50/resnet101")
+    _check_head(args, model)
     existing_file("--word-vectors", args.word_vectors, "a (num_classes, D) .npy of class word vectors")
     if args.lgconv and (not model.startswith("resnet") or args.train_mode != "end_to_end"):
         raise UserError(f"--lgconv wraps the 3x3 convs of a ResNet trained end to end; -m {model} "
@@ -318,7 +361,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         train_features=args.train_features,
         test_features=args.test_features,
         **_speed_settings(args, device),
-        classifier_lr_mult=pick(args.classifier_lr_mult, loss_defaults.get("classifier_lr_mult", 1.0)),
+        classifier_lr_mult=_classifier_lr_mult(args, loss_defaults.get("classifier_lr_mult", 1.0)),
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         sched=args.sched,
@@ -326,6 +369,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         ema=args.ema or 0.0,
         lgconv=args.lgconv,
         head=args.head,
+        boost_alpha=pick(args.boost_alpha, BOOST_ALPHA) if args.head == "boostlu" else None,
         word_vectors=args.word_vectors,
         freeze_bn=args.freeze_bn,
         train_scope=args.train_scope,

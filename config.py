@@ -82,6 +82,7 @@ class Config:
     amp: str = "off"  # "bf16": autocast of the forward (the loss stays fp32)
     channels_last: bool = False  # NHWC memory format for convolutional backbones
     compile: bool = False  # torch.compile the model
+    fast: bool = False  # --fast was given: on CUDA it set decode, amp and channels_last; on a CPU nothing
     # The final layer's learning rate relative to --lr (Kim et al.'s x10 for LL-*, GR)
     classifier_lr_mult: float = 1.0
     # How this process was started, not what the run is: left out of config.json.
@@ -94,7 +95,8 @@ class Config:
     sched_epochs: int = 0  # OneCycle's length in epochs (--epochs unless given); 0 without a schedule
     ema: float = 0.0  # decay of the weight EMA; 0: none
     lgconv: bool = False  # PU-MLC's local-global convolution around every 3x3 conv of a ResNet
-    head: str = "linear"  # "ssgrl": PU-MLC's semantic decoupling + gated GNN head (ssgrl.py)
+    head: str = "linear"  # what turns the backbone's feature map into logits (nets/heads.py)
+    boost_alpha: float | None = None  # --head boostlu: the factor of the positive CAM values
     word_vectors: Path | None = None  # (C, D) class word vectors of the ssgrl head
     freeze_bn: bool = False  # every BatchNorm in eval mode while training (the authors' recipe)
     train_scope: str = "all"  # "layer4-head": the stem and layer1-3 frozen, except LGConv's global branches

@@ -13,7 +13,7 @@ from config import LossHyper
 from device_decode import DECODERS
 from errors import UserError
 from losses import LOSSES
-from models import BACKBONES
+from models import BACKBONES, BOOST_ALPHA, HEADS
 from presets import (
     DEFAULT_CLIP_MODEL,
     DEFAULT_PROMPT,
@@ -223,11 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--lgconv", action="store_true",
                     help="wrap every 3x3 conv of a ResNet backbone with a parallel global branch that starts near "
                          "zero (the local-global convolution), after the pretrained weights are loaded")
-    bb.add_argument("--head", choices=("linear", "ssgrl"), default="linear",
-                    help="classifier: one linear layer, or ssgrl: semantic decoupling guided by --word-vectors and a "
-                         "gated GNN over the co-occurrence graph of the observed train labels (ResNets) "
-                         "(default: linear)")
-    bb.add_argument("--word-vectors", type=Path, metavar="NPY",
+    hd = p.add_argument_group("the head: what turns the backbone's feature map into logits")
+    hd.add_argument("--head", choices=tuple(HEADS), default="linear",
+                    help="; ".join(f"{name}: {entry.help}" for name, entry in HEADS.items()) + " (default: linear)")
+    hd.add_argument("--boost-alpha", type=_positive_float, metavar="ALPHA",
+                    help=f"--head boostlu: the factor of the positive class-activation values "
+                         f"(default: {BOOST_ALPHA:g}, the authors')")
+    hd.add_argument("--word-vectors", type=Path, metavar="NPY",
                     help="(num_classes, D) .npy of class word vectors in class order, for --head ssgrl")
     return p
 

@@ -1,58 +1,37 @@
-"""Backbone registry and the multi-label model: pooled features -> one linear layer -> logits.
+"""The model spml trains: a backbone's feature map turned into one logit per class by a head.
 
-Each registered factory returns a `Backbone`: the feature extractor (images ->
-(B, D) pooled features), its feature size and its own preprocessing (input size,
-mean, std), so a backbone always sees the normalisation it was trained with.
+The face the rest of spml imports; the parts live in the `nets` package:
 
-    @register_backbone("name")
-    def _name(pretrained: bool) -> Backbone: ...
+    nets/backbones.py   the backbone registry: each network, its feature map before global
+                        pooling, its own pooling and its preprocessing
+    nets/heads.py       the head registry (`--head`): linear (default), cam, boostlu, ssgrl
+    nets/lgconv.py      PU-MLC's local-global convolution (`--lgconv`)
+    nets/ssgrl.py       PU-MLC's SSGRL head (`--head ssgrl`)
 
-`--pretrained-weights PATH` loads a local checkpoint into any backbone instead
-(`load_backbone_checkpoint`); `clip_vision` also takes the CLIP model spec.
+`create_model` builds a run's model from its `Config`; `create_backbone` one backbone
+(`--pretrained-weights PATH` loads a local checkpoint into it instead of the built-in
+weights: `load_backbone_checkpoint`; `clip_vision` also takes the CLIP model spec).
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import dataclasses
+import logging
 from pathlib import Path
-from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
-from torchvision import models as tv
 
+from config import Config
 from errors import UserError
 from fileio import load_torch
-from methods.vlpl.towers import ClipSpec, clip_preprocess, create_clip
-from preprocess import Preprocess
+from methods.vlpl.towers import ClipSpec
+from nets.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone  # noqa: F401 (the face)
+from nets.heads import BOOST_ALPHA, HEADS  # noqa: F401 (the face)
+from nets.lgconv import convert_to_lgconv
+from nets.ssgrl import cooccurrence_graph, load_word_vectors
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class Backbone:
-    features: nn.Module  # images -> (B, feature_dim)
-    feature_dim: int
-    preprocess: Preprocess
-
-
-@dataclass(frozen=True)
-class BackboneEntry:
-    factory: Callable[..., Backbone]  # (pretrained) or, with uses_clip, (pretrained, clip: ClipSpec)
-    has_pretrained: bool  # whether pretrained weights exist for it at all
-    uses_clip: bool = False
-
-
-BACKBONES: dict[str, BackboneEntry] = {}
-
-
-def register_backbone(name: str, has_pretrained: bool = True, uses_clip: bool = False):
-    def wrap(factory: Callable[..., Backbone]):
-        BACKBONES[name] = BackboneEntry(factory, has_pretrained, uses_clip)
-        return factory
-
-    return wrap
+log = logging.getLogger(__name__)
 
 
 def create_backbone(name: str, pretrained: bool, weights: Path | None = None, clip=None) -> Backbone:
@@ -73,28 +52,67 @@ def create_backbone(name: str, pretrained: bool, weights: Path | None = None, cl
 
 
 class MultiLabelModel(nn.Module):
-    """Backbone features followed by one linear layer; outputs one logit per class."""
+    """A backbone's feature map, turned into one logit per class by a head (nets/heads.py).
 
-    def __init__(self, backbone: Backbone, num_classes: int):
+    `forward_features` gives the map before global pooling, `forward_head` the logits from it
+    (the `linear` head pools it the backbone's own way first). State-dict keys: `backbone.*`,
+    the network's own, and `classifier.*`, the head's.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, head: str = "linear", **head_options):
         super().__init__()
+        entry = HEADS[head]
         self.backbone = backbone.features
-        self.classifier = nn.Linear(backbone.feature_dim, num_classes)
+        self.classifier = entry.build(backbone.feature_dim, num_classes, **head_options)
         self.preprocess = backbone.preprocess
+        self._feature_map = backbone.feature_map
+        self._pool = None if entry.reads_map else backbone.pool
+        if entry.reads_map:  # weights only the pooling uses (ConvNeXt's LayerNorm) would never train
+            for name in backbone.pool_only:
+                setattr(self.backbone, name, nn.Identity())
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self._feature_map(self.backbone, images)
+
+    def forward_head(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.classifier(feature_map if self._pool is None else self._pool(self.backbone, feature_map))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(images))
+        return self.forward_head(self.forward_features(images))
 
 
-def load_torchvision_weights(weights) -> dict:
-    """State dict of a torchvision weights enum entry, from the torch hub cache or the network."""
-    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    where = f"put {cache.name} (from {weights.url}) in {cache.parent}/, or pass --no-pretrained"
-    if not cache.is_file() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise UserError(f"pretrained weights not in the local cache and HF_HUB_OFFLINE=1: {where}")
+def create_model(cfg: Config, num_classes: int, train_labels: np.ndarray, saved: dict | None = None) -> MultiLabelModel:
+    """The run's model: its backbone (--lgconv, --crop-size / --scale-size) and its head.
+
+    `train_labels` are the observed ones (SSGRL's co-occurrence graph); `saved` the weights the
+    model will be given (a checkpoint's), whose SSGRL word vectors are used instead of reading
+    the --word-vectors file again.
+    """
+    backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights,
+                               ClipSpec(cfg.clip_model, cfg.clip_weights))
+    if cfg.lgconv:  # after the pretrained weights, as the authors: the global branches start near zero
+        log.info(f"--lgconv: {convert_to_lgconv(backbone.features)} convs of {cfg.model} get a global branch")
+    if cfg.crop_size is not None or cfg.scale_size is not None:
+        backbone.preprocess = dataclasses.replace(backbone.preprocess, size=cfg.crop_size or backbone.preprocess.size,
+                                                  scale=cfg.scale_size)
+    options: dict = {}
+    if cfg.head == "boostlu":
+        options = {"alpha": cfg.boost_alpha}
+    elif cfg.head == "ssgrl":  # the graph comes from the observed train labels, as the authors'
+        kept = (saved or {}).get("classifier.word_vectors")
+        vectors = kept.numpy() if kept is not None else load_word_vectors(cfg.word_vectors, num_classes)
+        options = {"word_vectors": vectors, "graph": cooccurrence_graph(train_labels)}
+    return MultiLabelModel(backbone, num_classes, cfg.head, **options)
+
+
+def load_weights(model: nn.Module, weights: dict, source: Path) -> None:
+    """A checkpoint's weights into the model its config describes; weights of another layout are refused in one line."""
     try:
-        return weights.get_state_dict(progress=False)
-    except Exception as err:  # no network, proxy refusal, truncated download...
-        raise UserError(f"cannot load pretrained weights ({type(err).__name__}): {where}") from err
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        reason = str(err).splitlines()[0].rstrip(":.")
+        raise UserError(f"{source} holds weights that do not fit the model its config describes ({reason}): "
+                        f"it was written by another version of spml") from err
 
 
 def _unwrap_state_dict(obj) -> dict:
@@ -132,118 +150,3 @@ def load_backbone_checkpoint(module: nn.Module, path: Path) -> None:
         module.load_state_dict(best)
     except RuntimeError as err:  # shape mismatch
         raise UserError(f"--pretrained-weights {path} does not fit this backbone: {str(err).splitlines()[-1].strip()}") from err
-
-
-def _torchvision_resnet(arch: str, weights_enum, pretrained: bool) -> Backbone:
-    net = getattr(tv, arch)(weights=None)
-    if pretrained:
-        # IMAGENET1K_V1 is what `pretrained=True` loaded in the reference code.
-        net.load_state_dict(load_torchvision_weights(weights_enum.IMAGENET1K_V1))
-    dim = net.fc.in_features
-    net.fc = nn.Identity()  # the torchvision forward ends with global average pooling + flatten
-    return Backbone(net, dim, Preprocess(448, IMAGENET_MEAN, IMAGENET_STD))
-
-
-@register_backbone("resnet50")
-def _resnet50(pretrained: bool) -> Backbone:
-    return _torchvision_resnet("resnet50", tv.ResNet50_Weights, pretrained)
-
-
-@register_backbone("resnet101")
-def _resnet101(pretrained: bool) -> Backbone:
-    """PU-MLC's backbone (Yuan et al. 2024): torchvision's ImageNet V1 weights, as the authors' URL table."""
-    return _torchvision_resnet("resnet101", tv.ResNet101_Weights, pretrained)
-
-
-@register_backbone("resnet18")
-def _resnet18(pretrained: bool) -> Backbone:
-    return _torchvision_resnet("resnet18", tv.ResNet18_Weights, pretrained)
-
-
-class SpatialMax(nn.Module):
-    """Global max pooling, (B, C, H, W) -> (B, C), as `max` over the flattened H x W.
-
-    Not `nn.AdaptiveMaxPool2d(1)`: its CUDA backward has no deterministic
-    implementation, so `--deterministic` runs on a GPU would stop. Not `amax`
-    either: on ties (flat regions of the digit mosaics give many) it shares the
-    gradient among the tied positions and changes training. `max(dim)` returns
-    the first maximal position, as the pooling did, and sends the whole gradient
-    there: the same values and gradients, so results on the CPU are unchanged.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(2).max(dim=2).values
-
-
-def _conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-@register_backbone("digits_cnn", has_pretrained=False)
-def _digits_cnn(pretrained: bool) -> Backbone:
-    """A small CNN for the 24x24 digit mosaics: fast on a CPU, trained from scratch.
-
-    Max pooling (not average) at the end: a digit in one cell of the 3x3 grid
-    must light up its class wherever it sits.
-    """
-    net = nn.Sequential(
-        _conv_block(3, 16), _conv_block(16, 16), nn.MaxPool2d(2),  # 24 -> 12
-        _conv_block(16, 32), _conv_block(32, 32), nn.MaxPool2d(2),  # 12 -> 6
-        _conv_block(32, 64),
-        SpatialMax(),
-    )
-    return Backbone(net, 64, Preprocess(24, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
-
-
-def _torchvision_convnext(size: str, pretrained: bool) -> Backbone:
-    arch = f"convnext_{size}"
-    net = getattr(tv, arch)(weights=None)
-    if pretrained:
-        net.load_state_dict(load_torchvision_weights(getattr(tv, f"ConvNeXt_{size.title()}_Weights").IMAGENET1K_V1))
-    dim = net.classifier[2].in_features
-    net.classifier[2] = nn.Identity()  # keep the head's LayerNorm: the pooled features are normalised by it
-    return Backbone(net, dim, Preprocess(448, IMAGENET_MEAN, IMAGENET_STD))
-
-
-for _size in ("tiny", "small", "base", "large"):
-    register_backbone(f"convnext_{_size}")(lambda pretrained, size=_size: _torchvision_convnext(size, pretrained))
-
-
-def _timm_convnext_xlarge(tag: str, pretrained: bool) -> Backbone:
-    """VLPL's ConvNeXt-XL (timm), ImageNet-22k or 22k->1k; weights from the Hugging Face cache."""
-    import timm
-
-    name = f"convnext_xlarge.{tag}"
-    where = (f"place the Hugging Face repo timm/{name} (model.safetensors) in the hub cache "
-             f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}, "
-             f"or pass --pretrained-weights PATH or --no-pretrained")
-    if pretrained and os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import try_to_load_from_cache
-
-        # Check before building: the model has 350M parameters to initialise.
-        if not any(isinstance(try_to_load_from_cache(f"timm/{name}", f), str)
-                   for f in ("model.safetensors", "pytorch_model.bin")):
-            raise UserError(f"{name} weights are not in the local cache and HF_HUB_OFFLINE=1: {where}")
-    try:
-        net = timm.create_model(name, pretrained=pretrained, num_classes=0)  # num_classes=0: pooled features
-    except Exception as err:  # not cached and offline, no network
-        raise UserError(f"cannot load the {name} weights ({type(err).__name__}): {where}") from err
-    return Backbone(net, net.num_features, Preprocess(448, IMAGENET_MEAN, IMAGENET_STD))
-
-
-register_backbone("convnext_xlarge_22k")(lambda pretrained: _timm_convnext_xlarge("fb_in22k", pretrained))
-register_backbone("convnext_xlarge_1k")(lambda pretrained: _timm_convnext_xlarge("fb_in22k_ft_in1k", pretrained))
-
-
-@register_backbone("clip_vision", uses_clip=True)
-def _clip_vision(pretrained: bool, clip) -> Backbone:
-    """The CLIP image tower (fine-tuned); features = its projected image embedding, as in VLPL."""
-    spec = clip if pretrained else ClipSpec(clip.model)  # --no-pretrained: the architecture only
-    if not pretrained and not spec.is_config_file:
-        import open_clip
-
-        model = open_clip.create_model(spec.name, pretrained=None)
-    else:
-        model = create_clip(spec)
-    visual = model.visual
-    return Backbone(visual, visual.output_dim, clip_preprocess(model))

@@ -156,3 +156,23 @@ RUN_PRESETS: dict[str, RunPreset] = {
                per_gpu_bsize=45, lr=4e-5, epochs=56, ema=0.991, pu_alpha=2.0, pu_gamma=0.85),
         _PUMLC_LABELS, "PU-MLC on VOC-2007, 10%% of the labels known"),
 }
+
+
+def _boostlu(dataset: str) -> tuple[str, ...]:
+    """BoostLU's recipe (Kim et al., CVPR 2023: their README and config) with LL-R, their best scheme, in spml's flags.
+
+    ResNet-50 (ImageNet V1) and the boostlu head (alpha 5, at training and test time), Adam
+    at lr 1e-5, batch 16 on every dataset, 10 epochs without early stopping, the test mAP of
+    the best val epoch. The head's lr x10 and delta_rel are the Large-Loss scheme's own
+    defaults (LL-R 0.5, LL-Ct 0.2, LL-Cp 0.1), so `-l LL-Ct` beside the preset runs that scheme.
+    """
+    return ("-d", dataset, "-l", "LL-R", "-m", "resnet50", "--head", "boostlu", "--boost-alpha", "5",
+            "--bsize", "16", "--lr", "1e-5", "--epochs", "10", "--patience", "0")
+
+
+RUN_PRESETS.update({
+    f"boostlu-{dataset}": RunPreset(_boostlu(dataset), {"protocol": "single_positive", "num_pos": 1, "num_neg": 0},
+                                    f"BoostLU with LL-R on {name}, single positive labels (head lr x10 and "
+                                    f"delta_rel from -l)")
+    for dataset, name in (("coco", "COCO"), ("pascal", "VOC 2012"), ("nuswide", "NUS-WIDE"), ("cub", "CUB"))
+})

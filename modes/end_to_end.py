@@ -1,7 +1,6 @@
 """End-to-end training (backbone + classifier on images), and --eval-only of its checkpoints."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Callable
@@ -13,15 +12,12 @@ from dataset_provenance import dataset_variant
 from datasets import DatasetSplits, load_splits
 from fileio import write_json_atomic
 from instrumentation import SkippedImages
-from lgconv import convert_to_lgconv
-from ssgrl import SSGRLModel, load_word_vectors
 from losses import LOSSES
 from methods.base import SPMLLoss
-from methods.vlpl.towers import ClipSpec
-from models import MultiLabelModel, create_backbone
+from models import MultiLabelModel, create_model, load_weights
 from modes.setup import build_loss, image_views, make_loaders
 from preproc.generate_observed_labels import label_protocol
-from training.checkpoint import load_checkpoint
+from training.checkpoint import LAST, load_checkpoint
 from training.distributed import is_main
 from training.engine import evaluate
 from training.speed import StepOptions, prepare_model
@@ -32,23 +28,19 @@ log = logging.getLogger(__name__)
 Init = Callable[[MultiLabelModel, SPMLLoss], None]  # loads weights and loss state before training (linear_init)
 
 
-def _splits_and_model(cfg: Config) -> tuple[DatasetSplits, MultiLabelModel]:
+def _splits_and_model(cfg: Config, saved: dict | None = None) -> tuple[DatasetSplits, MultiLabelModel]:
+    """The run's splits and model; `saved`: the weights the model will be given (models.create_model)."""
     splits = load_splits(cfg.data_dir, cfg.dataset, cfg.image_root, LOSSES[cfg.loss].label_view, cfg.val_set_variant)
-    backbone = create_backbone(cfg.model, cfg.pretrained, cfg.pretrained_weights, ClipSpec(cfg.clip_model, cfg.clip_weights))
-    if cfg.lgconv:  # after the pretrained weights, as the authors: the global branches start near zero
-        log.info(f"--lgconv: {convert_to_lgconv(backbone.features)} convs of {cfg.model} get a global branch")
-    if cfg.crop_size is not None or cfg.scale_size is not None:
-        backbone.preprocess = dataclasses.replace(backbone.preprocess, size=cfg.crop_size or backbone.preprocess.size,
-                                                  scale=cfg.scale_size)
-    if cfg.head == "ssgrl":  # the graph comes from the observed train labels, as the authors'
-        vectors = load_word_vectors(cfg.word_vectors, splits.num_classes)
-        return splits, SSGRLModel(backbone, vectors, splits.train.labels).to(torch.device(cfg.device))
-    return splits, MultiLabelModel(backbone, splits.num_classes).to(torch.device(cfg.device))
+    model = create_model(cfg, splits.num_classes, splits.train.labels, saved)
+    return splits, model.to(torch.device(cfg.device))
 
 
 def train_end_to_end(cfg: Config, out: Path, init: Init | None = None) -> dict:
     """Train into the run folder `out`; returns the summary (best epoch, its val and test mAP)."""
-    splits, model = _splits_and_model(cfg)
+    # a resumed SSGRL head takes its word vectors from last.pt, as --eval-only from its checkpoint
+    resumed = cfg.resume and cfg.head == "ssgrl" and (out / LAST).is_file()
+    saved = load_checkpoint(out / LAST)["model"] if resumed else None
+    splits, model = _splits_and_model(cfg, saved)
     device = torch.device(cfg.device)
     loss_fn = build_loss(cfg, splits.train, splits.num_classes, device, cfg.epochs, image_views(cfg))
     if init is not None:
@@ -68,8 +60,8 @@ def train_end_to_end(cfg: Config, out: Path, init: Init | None = None) -> dict:
 def evaluate_checkpoint(cfg: Config) -> dict:
     """--eval-only: val and test metrics of a checkpoint's weights, written beside it."""
     ckpt = load_checkpoint(cfg.eval_only)
-    splits, model = _splits_and_model(cfg)
-    model.load_state_dict(ckpt["model"])
+    splits, model = _splits_and_model(cfg, ckpt["model"])
+    load_weights(model, ckpt["model"], cfg.eval_only)
     loaders = make_loaders(cfg, splits, model)
     device = torch.device(cfg.device)
     options = StepOptions.from_config(cfg)

@@ -8,7 +8,7 @@ from torch import nn
 
 from cli import parse_args
 from errors import UserError
-from lgconv import GlobalBranch, LGConv, convert_to_lgconv
+from nets.lgconv import GlobalBranch, LGConv, convert_to_lgconv
 from models import create_backbone
 
 

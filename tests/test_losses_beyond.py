@@ -166,8 +166,6 @@ def test_classifier_lr_mult_groups_and_flags(tmp_path):
     linear = nn.Linear(3, 2)  # the linear modes: the whole model is the final layer
     (only,) = model_param_groups(linear, 1e-3, 10.0)
     assert only["lr"] == pytest.approx(1e-2)
-    with pytest.raises(UserError, match="--classifier-lr-mult"):
-        model_param_groups(nn.Sequential(nn.Linear(2, 2)), 1e-3, 10.0)
 
     out = ["--out", str(tmp_path / "x")]
     cfg = parse_args(["-l", "LL-R", "-g", "cpu", *out])

@@ -12,7 +12,7 @@ from torchvision.transforms import functional as TF
 
 from cli import parse_args
 from errors import UserError
-from lgconv import convert_to_lgconv
+from nets.lgconv import convert_to_lgconv
 from main import main
 from models import MultiLabelModel, create_backbone
 from preprocess import ImageDraws, Preprocess, crop_sides

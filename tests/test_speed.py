@@ -152,13 +152,16 @@ def test_decode_gpu_without_a_decoder_is_one_line(monkeypatch):
         image_codec(CPU)
 
 
-def test_fast_preset_and_explicit_flags():
+def test_fast_preset_and_explicit_flags(caplog):
+    caplog.set_level("INFO")
     cfg = parse_args(["-g", "cpu", "--fast", "--out", "x"])
     assert (cfg.decode, cfg.amp, cfg.channels_last) == ("pil", "off", False)  # --fast is for CUDA
+    assert cfg.to_dict()["fast"] and "--fast acts on CUDA only: on cpu it changes nothing" in caplog.text
     cfg = parse_args(["-g", "cpu", "--fast", "--decode", "pil", "--amp", "bf16", "--channels-last", "--out", "x"])
     assert (cfg.decode, cfg.amp, cfg.channels_last) == ("pil", "bf16", True)
     default = parse_args(["-g", "cpu", "--out", "x"])
-    assert (default.decode, default.amp, default.channels_last, default.compile) == ("pil", "off", False, False)
+    assert (default.decode, default.amp, default.channels_last, default.compile, default.fast) == \
+        ("pil", "off", False, False, False)
 
 
 def test_fast_preset_on_cuda(monkeypatch):
@@ -166,7 +169,8 @@ def test_fast_preset_on_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     fast = cli.build_parser().parse_args(["--fast"])
-    assert cli._speed_settings(fast, "cuda:0") == {"decode": "gpu", "amp": "bf16", "channels_last": True, "compile": False}
+    assert cli._speed_settings(fast, "cuda:0") == {"decode": "gpu", "amp": "bf16", "channels_last": True, "compile": False,
+                                                   "fast": True}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
     with pytest.raises(UserError, match="--amp bf16: Tesla V100 has no bf16 support; drop --fast or pass --amp off"):

@@ -1,6 +1,9 @@
 """PU-MLC's SSGRL head (Yuan et al. 2024): the co-occurrence graph (diagonal 1, no NaN for unseen
-classes), shapes and gradients, --head ssgrl, and ResNet-101 + LGConv + the head at 448."""
+classes), shapes and gradients, --head ssgrl on any backbone with a map, ResNet-101 + LGConv + the
+head at 448, and checkpoints that carry their word vectors."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -8,9 +11,10 @@ import torch
 
 from cli import parse_args
 from errors import UserError
-from lgconv import convert_to_lgconv
-from models import create_backbone
-from ssgrl import SSGRLHead, SSGRLModel, cooccurrence_graph
+from main import main
+from models import MultiLabelModel, create_backbone
+from nets.lgconv import convert_to_lgconv
+from nets.ssgrl import SSGRLHead, cooccurrence_graph
 
 
 def test_graph_hand_values_and_unseen_classes():
@@ -41,7 +45,8 @@ def test_resnet101_lgconv_ssgrl_at_448():
     backbone = create_backbone("resnet101", pretrained=False)
     convert_to_lgconv(backbone.features)
     targets = np.eye(20)[np.arange(40) % 20]
-    model = SSGRLModel(backbone, np.random.RandomState(0).randn(20, 300).astype(np.float32), targets).train()
+    vectors = np.random.RandomState(0).randn(20, 300).astype(np.float32)
+    model = MultiLabelModel(backbone, 20, "ssgrl", word_vectors=vectors, graph=cooccurrence_graph(targets)).train()
     count = sum(p.numel() for p in model.parameters())
     print(f"ResNet-101 + LGConv + SSGRL head, 20 classes: {count:,} parameters")
     assert 50e6 < count < 70e6
@@ -59,12 +64,12 @@ def test_head_flags(tmp_path, small_digits):
     base = ["-g", "cpu", "--no-pretrained", "--data-dir", str(small_digits)]
     cfg = parse_args([*base, "-m", "resnet18", "--head", "ssgrl", "--word-vectors", str(vectors), "--out", str(tmp_path / "a")])
     _, model = _splits_and_model(cfg)
-    assert isinstance(model, SSGRLModel) and model.head.graph.shape == (10, 10)
-    assert torch.isfinite(model.head.graph).all()
+    assert isinstance(model.classifier, SSGRLHead) and model.classifier.graph.shape == (10, 10)
+    assert torch.isfinite(model.classifier.graph).all()
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     for extra, match in ((["-m", "resnet18", "--head", "ssgrl"], "--word-vectors"),
-                         (["--head", "ssgrl", "--word-vectors", str(vectors)], "ResNet"),
+                         (["-m", "clip_vision", "--head", "ssgrl", "--word-vectors", str(vectors)], "has none"),
                          (["-m", "resnet18", "--word-vectors", str(vectors)], "--head ssgrl"),
                          (["-m", "resnet18", "--head", "ssgrl", "--word-vectors", str(tmp_path / "no.npy")], "no.npy")):
         with pytest.raises(UserError, match=match):
@@ -73,3 +78,44 @@ def test_head_flags(tmp_path, small_digits):
     cfg = parse_args([*base, "-m", "resnet18", "--head", "ssgrl", "--word-vectors", str(vectors), "--out", str(tmp_path / "c")])
     with pytest.raises(UserError, match=r"\(10, D\)"):
         _splits_and_model(cfg)
+
+
+def test_a_losses_lr_mult_does_not_apply_to_ssgrl(tmp_path, caplog):
+    caplog.set_level("INFO")
+    vectors = tmp_path / "vectors.npy"
+    np.save(vectors, np.zeros((10, 4), dtype=np.float32))
+    base = ["-g", "cpu", "-l", "LL-R", "--head", "ssgrl", "--word-vectors", str(vectors),
+            "--out", str(tmp_path / "run")]
+    assert parse_args(base).classifier_lr_mult == 1
+    assert "-l LL-R trains a final linear layer at 10 x --lr by default (its authors' lr_mult); --head ssgrl has " \
+           "none, so the whole model trains at --lr" in caplog.text
+    with pytest.raises(UserError, match="--classifier-lr-mult 10 sets the lr of a final linear layer; --head ssgrl has "
+                                        "none .*: drop it"):
+        parse_args([*base, "--classifier-lr-mult", "10"])
+
+
+def test_checkpoints_carry_their_word_vectors(small_digits, tmp_path, monkeypatch):
+    """SSGRL on the digits CNN's map, cut by Ctrl-C in epoch 2; --resume and --eval-only rebuild the head
+    from the checkpoint's word vectors, so the file may be gone."""
+    from training import engine
+
+    vectors, out = tmp_path / "vectors.npy", tmp_path / "run"
+    np.save(vectors, np.random.RandomState(0).randn(10, 6).astype(np.float32))
+    train_one_epoch = engine.train_one_epoch
+
+    def ctrl_c_in_epoch_2(*args):
+        if args[5] == 2:  # the epoch
+            raise KeyboardInterrupt
+        return train_one_epoch(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "train_one_epoch", ctrl_c_in_epoch_2)
+        assert main(["-g", "cpu", "-l", "an", "--head", "ssgrl", "--word-vectors", str(vectors), "--epochs", "2",
+                     "--patience", "0", "--data-dir", str(small_digits), "--out", str(out)]) == 130
+    vectors.unlink()
+    assert main(["--resume", str(out), "-g", "cpu"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "completed" and [e["epoch"] for e in results["epochs"]] == [1, 2]
+    assert main(["--eval-only", str(out / "best.pt"), "-g", "cpu"]) == 0
+    scored = json.loads((out / "eval_best.json").read_text())
+    assert scored["test"]["map"] == pytest.approx(results["test_map"], abs=1e-9)

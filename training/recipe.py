@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from errors import UserError
-from lgconv import GlobalBranch
+from nets.lgconv import GlobalBranch
 
 SCHEDULES = ("none", "onecycle")
 OPTIMIZERS = ("adam",)

@@ -28,6 +28,7 @@ from config import Config, with_defaults
 from errors import ReportedElsewhere, UserError
 from instrumentation import RUN_FILES, RunLog, run_results, run_status, test_oracle
 from methods.base import SPMLLoss
+from models import load_weights
 from training import distributed, processes, stop
 from training.checkpoint import (
     BEST,
@@ -77,10 +78,7 @@ def model_param_groups(model: nn.Module, lr: float, classifier_lr_mult: float) -
     trainable = lambda module: [p for p in module.parameters() if p.requires_grad]  # noqa: E731 (--train-scope)
     if classifier_lr_mult == 1:  # one group, as before the option existed: older last.pt files still resume
         return [{"params": trainable(model)}]
-    head = model if isinstance(model, nn.Linear) else getattr(model, "classifier", None)
-    if not isinstance(head, nn.Module):
-        raise UserError(f"--classifier-lr-mult {classifier_lr_mult:g}: the model {type(model).__name__} has no "
-                        "`classifier` final layer; use --classifier-lr-mult 1")
+    head = model if isinstance(model, nn.Linear) else model.classifier
     head_ids = {id(p) for p in head.parameters()}
     body = [p for p in trainable(model) if id(p) not in head_ids]
     return [*([{"params": body}] if body else []),
@@ -122,7 +120,7 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
                         world_sizes=world_sizes)
     train_gen = loaders["train"].generator
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], out / LAST)
         optimizer.load_state_dict(ckpt["optimizer"])
         loss_fn.load_state_dict(ckpt["loss_state"])
         if scheduler is not None:

@@ -2,7 +2,7 @@
 decoupling of the feature map guided by class word vectors, a gated graph network over the
 label co-occurrence graph of the observed training labels, and a per-class output layer.
 
-    ResNet layer4 [B, Cf, H, W] -> AvgPool 2x2 -> 1x1 conv Cf -> 1024 (no bias) + BN -> F [B, 1024, h, w]
+    feature map [B, Cf, H, W] -> AvgPool 2x2 -> 1x1 conv Cf -> 1024 (no bias) + BN -> F [B, 1024, h, w]
     e_pc  = fc4(fc3(tanh(fc1(F_p) * fc2(w_c))))    fc1 1024->512, fc2 D->512 (no bias), fc3 512->512, fc4 512->1
     S_c   = sum_p softmax_p(e_pc) F_p              [B, C, 1024]
     GGNN, 3 steps from h = S (weights shared):  m = [A h ; A^T h]; z = sig(W_z m + U_z h); r = sig(W_r m + U_r h);
@@ -13,6 +13,8 @@ The graph: N_ij = #train images with observed +1 on both i and j, A_ij = N_ij / 
 A class with no observed positive (common with single-positive labels) gives a NaN row in
 the authors' code, which poisons every node; here its row is the identity's (the class
 hears only itself). Word vectors: a (C, D) .npy file in class order (GloVe-like, D = 300).
+The authors read a ResNet's layer4; here the head reads the map of any backbone that has one
+(nets/backbones.py), at least 2 x 2 for its pooling.
 """
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ class GatedGNN(nn.Module):
 
 
 class SSGRLHead(nn.Module):
-    """A layer4 feature map [B, Cf, H, W] -> logits [B, C]."""
+    """A feature map [B, Cf, H, W] -> logits [B, C]."""
 
     def __init__(self, feature_channels: int, word_vectors: np.ndarray, graph: np.ndarray, dim: int = HIDDEN):
         super().__init__()
@@ -101,31 +103,3 @@ class SSGRLHead(nn.Module):
         hidden = self.gnn(per_class, self.graph)
         out = torch.tanh(self.output(torch.cat([hidden, per_class], dim=-1)))
         return (out * self.class_weight).sum(-1) + self.class_bias
-
-
-class ResNetFeatureMap(nn.Module):
-    """A torchvision ResNet up to layer4, without its global pooling: images -> [B, 2048, H/32, W/32]."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
-
-
-class SSGRLModel(nn.Module):
-    """The ResNet's feature map and the SSGRL head; the interface of models.MultiLabelModel."""
-
-    def __init__(self, backbone, word_vectors: np.ndarray, train_targets: np.ndarray):
-        super().__init__()
-        if not hasattr(backbone.features, "layer4"):
-            raise UserError("--head ssgrl needs a ResNet backbone (-m resnet18/resnet50/resnet101)")
-        self.backbone = ResNetFeatureMap(backbone.features)
-        self.head = SSGRLHead(backbone.feature_dim, word_vectors, cooccurrence_graph(train_targets))
-        self.preprocess = backbone.preprocess
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))

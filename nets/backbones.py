@@ -1,0 +1,258 @@
+"""The backbone registry: each network with its feature map, its own global pooling and its preprocessing.
+
+Each registered factory returns a `Backbone`: the network (whose forward gives the
+pooled (B, D) features, as the linear modes cache them), how to read its feature map
+before global pooling (B, D, H, W) and how it pools that map itself, its feature size,
+and its own preprocessing (input size, mean, std), so a backbone always sees the
+normalisation it was trained with. A head (nets/heads.py) turns the map into logits.
+
+    ResNets        the layer4 map (stride 32); pooling: the spatial mean
+    ConvNeXt       the last stage's map (stride 32); pooling: the spatial mean, then the LayerNorm
+                   of torchvision's (timm's) classifier, which only the linear head uses
+    digits_cnn     the last conv block's map (stride 4); pooling: the spatial max
+    clip_vision    no spatial map: its pooled, projected image embedding (VLPL's feature), as a
+                   1 x 1 map. Its patch tokens are another space (the transformer's width, before
+                   the attention pooling and the projection), so a CAM on them would not be the
+                   linear head's classifier read per position
+
+    @register_backbone("name", map_side=lambda side: side // 32)
+    def _name(pretrained: bool) -> Backbone: ...
+
+The maps are read with the network's own modules, so the weights, their state-dict keys
+and the pooled features are those of the network as torchvision (timm, open_clip) builds it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision import models as tv
+
+from errors import UserError
+from methods.vlpl.towers import ClipSpec, clip_preprocess, create_clip
+from preprocess import Preprocess
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Reader = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (network, tensor) -> tensor
+
+
+@dataclass
+class Backbone:
+    features: nn.Module  # the network: images -> (B, feature_dim) pooled features
+    feature_dim: int  # channels of the map, size of the pooled features
+    preprocess: Preprocess
+    feature_map: Reader  # (network, images) -> (B, feature_dim, H, W), before global pooling
+    pool: Reader  # (network, map) -> (B, feature_dim): the network's own global pooling
+    pool_only: tuple[str, ...] = ()  # the network's children with weights that only `pool` uses
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    factory: Callable[..., Backbone]  # (pretrained) or, with uses_clip, (pretrained, clip: ClipSpec)
+    has_pretrained: bool  # whether pretrained weights exist for it at all
+    uses_clip: bool = False
+    # the side of the feature map for a square input of this side (0: too small to run); None: no spatial map
+    map_side: Callable[[int], int] | None = None
+
+
+BACKBONES: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(name: str, map_side: Callable[[int], int] | None, has_pretrained: bool = True,
+                      uses_clip: bool = False):
+    def wrap(factory: Callable[..., Backbone]):
+        BACKBONES[name] = BackboneEntry(factory, has_pretrained, uses_clip, map_side)
+        return factory
+
+    return wrap
+
+
+def load_torchvision_weights(weights) -> dict:
+    """State dict of a torchvision weights enum entry, from the torch hub cache or the network."""
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    where = f"put {cache.name} (from {weights.url}) in {cache.parent}/, or pass --no-pretrained"
+    if not cache.is_file() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UserError(f"pretrained weights not in the local cache and HF_HUB_OFFLINE=1: {where}")
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as err:  # no network, proxy refusal, truncated download...
+        raise UserError(f"cannot load pretrained weights ({type(err).__name__}): {where}") from err
+
+
+def _stride_32_ceil(side: int) -> int:
+    """A ResNet's map: five stride-2 steps, each padded, so each rounds up."""
+    return -(-side // 32)
+
+
+def _stride_32_floor(side: int) -> int:
+    """A ConvNeXt's map: a 4 x 4 stem of stride 4 and three 2 x 2 downsamplings, unpadded, so each rounds down."""
+    return side // 32
+
+
+def _resnet_map(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+def _resnet_pool(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(net.avgpool(fmap), 1)  # as torchvision's forward (its fc is removed)
+
+
+def _torchvision_resnet(arch: str, weights_enum, pretrained: bool) -> Backbone:
+    net = getattr(tv, arch)(weights=None)
+    if pretrained:
+        # IMAGENET1K_V1 is what `pretrained=True` loaded in the reference code.
+        net.load_state_dict(load_torchvision_weights(weights_enum.IMAGENET1K_V1))
+    dim = net.fc.in_features
+    net.fc = nn.Identity()  # the torchvision forward ends with global average pooling + flatten
+    return Backbone(net, dim, Preprocess(448, IMAGENET_MEAN, IMAGENET_STD), _resnet_map, _resnet_pool)
+
+
+@register_backbone("resnet50", map_side=_stride_32_ceil)
+def _resnet50(pretrained: bool) -> Backbone:
+    return _torchvision_resnet("resnet50", tv.ResNet50_Weights, pretrained)
+
+
+@register_backbone("resnet101", map_side=_stride_32_ceil)
+def _resnet101(pretrained: bool) -> Backbone:
+    """PU-MLC's backbone (Yuan et al. 2024): torchvision's ImageNet V1 weights, as the authors' URL table."""
+    return _torchvision_resnet("resnet101", tv.ResNet101_Weights, pretrained)
+
+
+@register_backbone("resnet18", map_side=_stride_32_ceil)
+def _resnet18(pretrained: bool) -> Backbone:
+    return _torchvision_resnet("resnet18", tv.ResNet18_Weights, pretrained)
+
+
+class SpatialMax(nn.Module):
+    """Global max pooling, (B, C, H, W) -> (B, C), as `max` over the flattened H x W.
+
+    Not `nn.AdaptiveMaxPool2d(1)`: its CUDA backward has no deterministic
+    implementation, so `--deterministic` runs on a GPU would stop. Not `amax`
+    either: on ties (flat regions of the digit mosaics give many) it shares the
+    gradient among the tied positions and changes training. `max(dim)` returns
+    the first maximal position, as the pooling did, and sends the whole gradient
+    there: the same values and gradients, so results on the CPU are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).max(dim=2).values
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _digits_map(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    for layer in list(net)[:-1]:  # every layer but the closing SpatialMax
+        images = layer(images)
+    return images
+
+
+def _digits_pool(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
+    return net[-1](fmap)
+
+
+@register_backbone("digits_cnn", map_side=lambda side: side // 4, has_pretrained=False)
+def _digits_cnn(pretrained: bool) -> Backbone:
+    """A small CNN for the 24x24 digit mosaics: fast on a CPU, trained from scratch.
+
+    Max pooling (not average) at the end: a digit in one cell of the 3x3 grid
+    must light up its class wherever it sits. Its map is 6 x 6 at 24 px.
+    """
+    net = nn.Sequential(
+        _conv_block(3, 16), _conv_block(16, 16), nn.MaxPool2d(2),  # 24 -> 12
+        _conv_block(16, 32), _conv_block(32, 32), nn.MaxPool2d(2),  # 12 -> 6
+        _conv_block(32, 64),
+        SpatialMax(),
+    )
+    return Backbone(net, 64, Preprocess(24, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), _digits_map, _digits_pool)
+
+
+def _convnext_map(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return net.features(images)
+
+
+def _convnext_pool(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
+    return net.classifier(net.avgpool(fmap))  # LayerNorm2d, flatten (its final Linear is removed)
+
+
+def _torchvision_convnext(size: str, pretrained: bool) -> Backbone:
+    arch = f"convnext_{size}"
+    net = getattr(tv, arch)(weights=None)
+    if pretrained:
+        net.load_state_dict(load_torchvision_weights(getattr(tv, f"ConvNeXt_{size.title()}_Weights").IMAGENET1K_V1))
+    dim = net.classifier[2].in_features
+    net.classifier[2] = nn.Identity()  # keep the head's LayerNorm: the pooled features are normalised by it
+    return Backbone(net, dim, Preprocess(448, IMAGENET_MEAN, IMAGENET_STD), _convnext_map, _convnext_pool,
+                    pool_only=("classifier",))
+
+
+for _size in ("tiny", "small", "base", "large"):
+    register_backbone(f"convnext_{_size}", map_side=_stride_32_floor)(
+        lambda pretrained, size=_size: _torchvision_convnext(size, pretrained))
+
+
+def _timm_map(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return net.forward_features(images)
+
+
+def _timm_pool(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
+    return net.forward_head(fmap)  # pooling and the head's LayerNorm (num_classes=0: no classifier)
+
+
+def _timm_convnext_xlarge(tag: str, pretrained: bool) -> Backbone:
+    """VLPL's ConvNeXt-XL (timm), ImageNet-22k or 22k->1k; weights from the Hugging Face cache."""
+    import timm
+
+    name = f"convnext_xlarge.{tag}"
+    where = (f"place the Hugging Face repo timm/{name} (model.safetensors) in the hub cache "
+             f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')}, "
+             f"or pass --pretrained-weights PATH or --no-pretrained")
+    if pretrained and os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        # Check before building: the model has 350M parameters to initialise.
+        if not any(isinstance(try_to_load_from_cache(f"timm/{name}", f), str)
+                   for f in ("model.safetensors", "pytorch_model.bin")):
+            raise UserError(f"{name} weights are not in the local cache and HF_HUB_OFFLINE=1: {where}")
+    try:
+        net = timm.create_model(name, pretrained=pretrained, num_classes=0)  # num_classes=0: pooled features
+    except Exception as err:  # not cached and offline, no network
+        raise UserError(f"cannot load the {name} weights ({type(err).__name__}): {where}") from err
+    return Backbone(net, net.num_features, Preprocess(448, IMAGENET_MEAN, IMAGENET_STD), _timm_map, _timm_pool,
+                    pool_only=("head",))
+
+
+register_backbone("convnext_xlarge_22k", map_side=_stride_32_floor)(
+    lambda pretrained: _timm_convnext_xlarge("fb_in22k", pretrained))
+register_backbone("convnext_xlarge_1k", map_side=_stride_32_floor)(
+    lambda pretrained: _timm_convnext_xlarge("fb_in22k_ft_in1k", pretrained))
+
+
+def _embedding_as_map(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return net(images)[:, :, None, None]
+
+
+def _flatten(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
+    return fmap.flatten(1)
+
+
+@register_backbone("clip_vision", map_side=None, uses_clip=True)
+def _clip_vision(pretrained: bool, clip) -> Backbone:
+    """The CLIP image tower (fine-tuned); features = its projected image embedding, as in VLPL."""
+    spec = clip if pretrained else ClipSpec(clip.model)  # --no-pretrained: the architecture only
+    if not pretrained and not spec.is_config_file:
+        import open_clip
+
+        model = open_clip.create_model(spec.name, pretrained=None)
+    else:
+        model = create_clip(spec)
+    visual = model.visual
+    return Backbone(visual, visual.output_dim, clip_preprocess(model), _embedding_as_map, _flatten)
