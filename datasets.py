@@ -179,11 +179,12 @@ def unreadable_image(path: str, err: Exception) -> UserError:
 class ImageFiles(Dataset):
     """The image files of a split and their label rows; what an unreadable file does (stop, or skip)."""
 
-    def __init__(self, split: Split, skip_unreadable: bool = False, flip_views: bool = False):
+    def __init__(self, split: Split, skip_unreadable: bool = False, flip_views: bool = False, crop_flips: int = 0):
         self.images = split.images
         self.labels = torch.from_numpy(split.labels)
         self.skip_unreadable = skip_unreadable
         self.flip_views = flip_views
+        self.crop_flips = crop_flips
 
     def __len__(self) -> int:
         return len(self.images)
@@ -194,6 +195,16 @@ class ImageFiles(Dataset):
             raise unreadable_image(path, err) from err
         log.warning(f"skipping unreadable image {path}: {err}")
         return None
+
+    def view_index(self, index: int, flipped: bool) -> int:
+        """The sample's view index `index + N x code`: bit 0 of `code` says whether the image was flipped,
+        bit 1 + k is a fresh flip drawn for crop k of the `crop_flips` crops (AEVLP's DAMP flips each crop it
+        scores on its own; methods/aevlp/damp.py reads the bits). torch's RNG, as the image's own flip."""
+        code = int(flipped)
+        if self.crop_flips:
+            for k, flip in enumerate((torch.rand(self.crop_flips) < 0.5).tolist()):
+                code |= int(flip) << (1 + k)
+        return index + len(self.images) * code
 
 
 class ImageDataset(ImageFiles):
@@ -206,11 +217,13 @@ class ImageDataset(ImageFiles):
     With `flip_views` the dataset flips images at random itself (the transform
     must not) and yields the *view index* `index + N` for a mirrored image: the
     row of that view in a (2N, C) table of per-view scores (VLPL's cached CLIP
-    pseudo-labels, see methods/vlpl/loss.py).
+    pseudo-labels, see methods/vlpl/loss.py). With `crop_flips` it also draws
+    that many crop flips per sample into the view index (`view_index`).
     """
 
-    def __init__(self, split: Split, transform, skip_unreadable: bool = False, flip_views: bool = False):
-        super().__init__(split, skip_unreadable, flip_views)
+    def __init__(self, split: Split, transform, skip_unreadable: bool = False, flip_views: bool = False,
+                 crop_flips: int = 0):
+        super().__init__(split, skip_unreadable, flip_views, crop_flips)
         self.transform = transform
 
     def __getitem__(self, index: int):
@@ -224,7 +237,7 @@ class ImageDataset(ImageFiles):
         flipped = self.flip_views and torch.rand(()).item() < 0.5
         if flipped:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return self.transform(image), self.labels[index], index + len(self.images) * int(flipped)
+        return self.transform(image), self.labels[index], self.view_index(index, flipped)
 
 
 def collate_skipping(batch: list):

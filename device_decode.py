@@ -54,10 +54,11 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 class FileBytesDataset(ImageFiles):
     """Yields (file bytes as a 1-D uint8 tensor, label row, index, flipped); None for an unreadable
     file with `skip_unreadable`. `flip`: draw a random horizontal flip per sample (train);
-    `flip_views`: report a flipped sample as index + N (see datasets.ImageDataset)."""
+    `flip_views`: report a flipped sample as index + N, and its `crop_flips` (see datasets.ImageDataset)."""
 
-    def __init__(self, split: Split, skip_unreadable: bool = False, flip: bool = False, flip_views: bool = False):
-        super().__init__(split, skip_unreadable, flip_views)
+    def __init__(self, split: Split, skip_unreadable: bool = False, flip: bool = False, flip_views: bool = False,
+                 crop_flips: int = 0):
+        super().__init__(split, skip_unreadable, flip_views, crop_flips)
         self.flip = flip
 
     def __getitem__(self, index: int):
@@ -67,7 +68,7 @@ class FileBytesDataset(ImageFiles):
         except OSError as err:
             return self.unreadable(path, err)
         flipped = self.flip and bool(torch.rand(1) < 0.5)  # the draw of T.RandomHorizontalFlip
-        view = index + len(self.images) * int(flipped and self.flip_views)
+        view = self.view_index(index, flipped and self.flip_views)
         # an empty file has no buffer to wrap; the decoder then reports it unreadable
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
         return encoded, self.labels[index], view, flipped
@@ -231,11 +232,12 @@ def check_device_decode(device: torch.device) -> None:
 
 def device_loader(split: Split, preprocess: Preprocess, device: torch.device, batch_size: int, num_workers: int,
                   train: bool = False, hflip: bool = False, flip_views: bool = False, skip_unreadable: bool = False,
-                  generator: torch.Generator | None = None, batches: Batches | None = None) -> DeviceDecodeLoader:
+                  generator: torch.Generator | None = None, batches: Batches | None = None,
+                  crop_flips: int = 0) -> DeviceDecodeLoader:
     """A `--decode gpu` loader of `split`: shuffled and flipped (if `hflip`) when `train`, else in order.
     `batches(dataset, batch_size, shuffle, generator)` makes the batch sampler (this process's share under torchrun)."""
     dataset = FileBytesDataset(split, skip_unreadable=skip_unreadable and train, flip=train and hflip,
-                               flip_views=train and hflip and flip_views)
+                               flip_views=train and hflip and flip_views, crop_flips=crop_flips if train and hflip else 0)
     batching = dict(batch_size=batch_size, shuffle=train) if batches is None else \
         dict(batch_sampler=batches(dataset, batch_size, train, generator))
     loader = DataLoader(dataset, **batching, generator=generator, num_workers=num_workers,

@@ -63,7 +63,8 @@ def build_loss(cfg: Config, train: Split, num_classes: int, device: torch.device
         with main_first():  # under torchrun rank 0 scores and caches them, the others read the cache
             cosines = train_similarities(cfg.dataset, cfg.data_dir, train.images, names,
                                          ClipSpec(cfg.clip_model, cfg.clip_weights), views, device,
-                                         cfg.text_features, cfg.prompt_template, cfg.num_workers)
+                                         cfg.text_features, cfg.prompt_template, cfg.num_workers,
+                                         **loss_fn.clip_scoring())
         loss_fn.set_clip_cosines(cosines)
     return loss_fn
 
@@ -74,16 +75,19 @@ def image_views(cfg: Config) -> int:
 
 
 def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
-                 flip_views: bool = False) -> dict[str, DataLoader]:
-    """`flip_views`: the train set flips images itself and reports it in the index (see ImageDataset)."""
+                 flip_views: bool = False, crop_flips: int = 0) -> dict[str, DataLoader]:
+    """`flip_views`: the train set flips images itself and reports it in the index, with `crop_flips` flips
+    drawn for the crops of a sample (see ImageDataset); the crops are flipped only where the images are."""
     hflip = preset_of(cfg.dataset).hflip
+    crop_flips = crop_flips if hflip else 0
     if cfg.decode == "gpu":
-        return _device_decode_loaders(cfg, splits, model, hflip, flip_views)
+        return _device_decode_loaders(cfg, splits, model, hflip, flip_views, crop_flips)
     train_tf = model.preprocess.transform(train=True, hflip=hflip and not flip_views)
     eval_tf = model.preprocess.transform(train=False, hflip=False)
     common = dict(num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu", persistent_workers=cfg.num_workers > 0)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-    train_set = ImageDataset(splits.train, train_tf, skip_unreadable=cfg.skip_bad_images, flip_views=flip_views and hflip)
+    train_set = ImageDataset(splits.train, train_tf, skip_unreadable=cfg.skip_bad_images, flip_views=flip_views and hflip,
+                             crop_flips=crop_flips)
     # Fresh train workers each epoch, seeded from shuffle_gen: with the generator's
     # state in last.pt, a resumed epoch sees the same order and augmentations.
     train_common = {**common, "persistent_workers": False}
@@ -103,7 +107,7 @@ def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
 
 
 def _device_decode_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel, hflip: bool,
-                           flip_views: bool) -> dict:
+                           flip_views: bool, crop_flips: int) -> dict:
     """--decode gpu: the same four loaders, decoding on the run's device (device_decode.py)."""
     device = torch.device(cfg.device)
     check_device_decode(device)
@@ -112,7 +116,7 @@ def _device_decode_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabel
     return {
         "train": device_loader(splits.train, train=True, hflip=hflip, flip_views=flip_views,
                                skip_unreadable=cfg.skip_bad_images, generator=torch.Generator().manual_seed(cfg.seed),
-                               **common),
+                               crop_flips=crop_flips, **common),
         "train_eval": device_loader(splits.train, **common),
         "val": device_loader(splits.val, **common),
         "test": device_loader(splits.test, **common),

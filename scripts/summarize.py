@@ -73,6 +73,8 @@ def protocol(results: dict) -> dict:
     config = results["config"]
     patience = config.get("patience", 0)
     stop = f"patience {patience}, max {config['epochs']} ep" if patience else f"best of {config['epochs']} ep"
+    if config.get("stop_drop"):
+        stop += f", or a drop > {config['stop_drop']:g}"
     return {
         "backbone": config["model"],
         "image_size": results.get("image_size", config.get("image_size", "?")),
