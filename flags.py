@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import textwrap
 from pathlib import Path
 
 from config import LossHyper
@@ -31,6 +32,13 @@ from presets import (
 )
 from training.recipe import OPTIMIZERS, SCHEDULES, TRAIN_SCOPES
 from training.speed import AMP_DTYPES
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help lines never break inside a flag name (`--text-graph-topk`), so a preset's expansion copies as it is."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,7 +82,7 @@ _seed = _number(int, 0, 2**32 - 1)  # NumPy's seed range
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description="Train and evaluate a single-positive multi-label classifier.")
+    p = _Parser(description="Train and evaluate a single-positive multi-label classifier.", formatter_class=_Formatter)
     loss_help = "; ".join(f"{name}: {entry.help}" for name, entry in LOSSES.items())
     p.add_argument("-d", "--dataset", default="digits", type=_dataset_name,
                    help=f"a benchmark ({', '.join(sorted(PRESETS))}), or the name of a dataset of your own in "
