@@ -18,13 +18,12 @@ Prints the median step time of each and their ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.timing import median_step_time, print_speedup
 from methods.aevlp import loss_gpr
 from methods.aevlp.damp import CropGrid, crop_rows, damp_pseudo_labels
 from methods.aevlp.text_graph import TextGraph
@@ -34,11 +33,6 @@ from presets import DATA_ROOT
 GPR = dict(w=0.0, b=-2.0, mu=0.5375, sigma=1.8125, q2=0.01, q3=1.0, lam=(0.7, 0.5), rho=0.9, reg=0.001,
            expected_pos=2.9)  # the authors' COCO setting at epoch 1 of 8
 DAMP = dict(temp=0.01, eta=0.3, threshold=0.5, top_k=3, neg_ratio=0.3)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _clip(name: str, device: torch.device):
@@ -109,25 +103,13 @@ def main() -> None:
         sum(terms.values()).backward()
         optimizer.step()
 
-    times: dict[str, float] = {}
-    for name, pseudo_labels in (("cached scores", damp_cached), ("DAMP every step", damp_every_step)):
-        for _ in range(args.warmup):
-            step(pseudo_labels)
-        laps = []
-        for _ in range(args.steps):
-            _sync(device)
-            start = time.perf_counter()
-            step(pseudo_labels)
-            _sync(device)
-            laps.append(time.perf_counter() - start)
-        times[name] = statistics.median(laps)
+    times = {name: median_step_time(lambda: step(pseudo_labels), device, args.warmup, args.steps)
+             for name, pseudo_labels in (("cached scores", damp_cached), ("DAMP every step", damp_every_step))}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device {device} ({where}), backbone {args.backbone} @ {args.size}, CLIP {Path(args.clip_model).stem} @ "
           f"{clip_size}, grid {args.grid} ({grid.count} crops of a {args.source_size} px image), batch {args.bsize}, "
           f"{args.classes} classes, median of {args.steps} steps")
-    for name, t in times.items():
-        print(f"  {name:16s} {t * 1000:9.1f} ms/step")
-    print(f"  speed-up of caching: {times['DAMP every step'] / times['cached scores']:.1f}x")
+    print_speedup(times)
 
 
 if __name__ == "__main__":

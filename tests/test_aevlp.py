@@ -9,6 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
+from test_bad_input import refused
+
 from cli import parse_args
 from errors import UserError
 from main import main
@@ -67,16 +69,6 @@ def test_stop_drop_more_than_the_points_below_the_best():
     assert stop_reason(state, 77.9, patience=2, stop_drop=0) is None  # off
     state.epochs_without_gain = 2
     assert stop_reason(state, 79.9, patience=2, stop_drop=2) == "val mAP has not improved for 2 epoch(s)"
-
-
-def refused(capsys, tmp_path, *argv) -> str:
-    out = tmp_path / "refused"
-    code = main([*map(str, argv), *FAST, "--out", str(out)])
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert not out.exists()
-    return lines[0]
 
 
 @pytest.mark.parametrize("flag, value, expected", [
