@@ -11,6 +11,7 @@ from PIL import Image
 
 from config import LossHyper
 from datasets import ImageDataset, Split
+from device_decode import device_loader
 from errors import UserError
 from losses import create_loss
 from methods.aevlp.damp import CropGrid, crop_rows, damp_pseudo_labels, damp_rule
@@ -131,6 +132,15 @@ def test_the_train_set_draws_each_crops_flip_and_the_rows_follow_them(small_digi
     assert (torch.corrcoef(flips.T) - torch.eye(count + 1)).abs().max() < 0.25
     # one orientation cached (a train set that never flips): always the rows as stored
     assert torch.equal(crop_rows(views, n, count, orientations=1), crop * n + 2)
+    # --decode gpu's train set draws them the same way, after the image's own flip
+    files = device_loader(Split(paths, np.zeros((n, 1), np.float32)), Preprocess(24, (0.5,) * 3, (0.5,) * 3),
+                          torch.device("cpu"), 2, 0, train=True, hflip=True, flip_views=True, crop_flips=count).dataset
+    torch.manual_seed(0)
+    torch.rand(1)  # the image's flip
+    crop_bits = (torch.rand(count) < 0.5).tolist()
+    torch.manual_seed(0)
+    _, _, view, flipped = files[2]
+    assert view == 2 + n * (int(flipped) + sum(int(bit) << (1 + k) for k, bit in enumerate(crop_bits)))
 
 
 # --- the text graph ----------------------------------------------------------------------------------------------
