@@ -88,8 +88,10 @@ def protocol(results: dict) -> dict:
 def _comparable(results: dict) -> dict:
     # A run older than a setting ran with its default: it pools with newer runs at that default.
     # The label protocol in full (its sampling seed too): runs on other observed labels are never pooled.
+    # The loss settings one by one, so that a row's setting names the one that differs (hyper.pseudo_labels).
     config = with_defaults(results["config"])
-    return {**{k: v for k, v in config.items() if k not in POOLABLE}, **protocol(results),
+    hyper = {f"hyper.{k}": v for k, v in config.pop("hyper", {}).items()}
+    return {**{k: v for k, v in config.items() if k not in POOLABLE}, **hyper, **protocol(results),
             "label_protocol": results.get("label_protocol")}
 
 
