@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import slice_digits
 from test_bad_input import refused
 
 from cli import parse_args
@@ -111,8 +112,9 @@ def test_bad_input_at_set_up(capsys, tmp_path, small_digits, tiny_clip):
     assert f"write one name per label column to {mine}/classes.txt" in line
 
 
-def test_gpr_on_digits_with_a_tiny_clip(small_digits, tiny_clip, tmp_path, capsys, monkeypatch):
+def test_gpr_on_digits_with_a_tiny_clip(digits_master, tiny_clip, tmp_path, capsys, monkeypatch):
     """One epoch with DAMP's pseudo-labels: the log names the cache file that a later run reads."""
+    small_digits = slice_digits(digits_master, tmp_path / "digits", 120, 60, copy_images=False)  # its own cache
     out, drops = tmp_path / "run", []
     monkeypatch.setattr(engine, "stop_reason", lambda *args: drops.append(args[-1]) or stop_reason(*args))
     assert main(["-l", "GPR", *FAST, "--epochs", "1", "--data-dir", str(small_digits), "--clip-model", str(tiny_clip),
@@ -121,8 +123,8 @@ def test_gpr_on_digits_with_a_tiny_clip(small_digits, tiny_clip, tmp_path, capsy
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "completed" and math.isfinite(results["test_map"])
     assert set(results["epochs"][0]["train_terms"]) == {"main", "reg"}
-    (cache,) = [path for path in (small_digits / "clip_scores").glob("*.npy")
-                if json.loads(path.with_suffix(".json").read_text()).get("crops") == {"grid": 4, "norm": "imagenet"}]
+    (cache,) = (small_digits / "clip_scores").glob("*.npy")
+    assert json.loads(cache.with_suffix(".json").read_text())["crops"] == {"grid": 4, "norm": "imagenet"}
     err = capsys.readouterr().err
     assert str(cache) in err and "DAMP pseudo-labels (grid 4" in err
     assert np.load(cache).shape == (17 * 96, 10)  # 96 train images x 17 crops, one orientation (digits never flip)
