@@ -10,6 +10,7 @@ import pytest
 from cli import parse_args
 from conftest import slice_digits
 from flags import build_parser
+from losses import LOSSES
 from main import main
 from presets import REPO_ROOT
 
@@ -17,6 +18,7 @@ README = (REPO_ROOT / "README.md").read_text()
 # the README and every page of docs/: their commands are checked alike
 PAGES = "\n".join([README, *(p.read_text() for p in sorted((REPO_ROOT / "docs").glob("*.md")))])
 PLACEHOLDER = re.compile(r"[A-Z]{3,}|<|\[|\$")  # DATASET, <out>, [--flag ...], $loss: a template, not a command
+LOSS_NAME = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, LOSSES)) + r")(?![\w-])")  # -l GPR is no template
 
 
 def commands(program: str) -> list[list[str]]:
@@ -24,7 +26,7 @@ def commands(program: str) -> list[list[str]]:
     for line in PAGES.splitlines():
         for match in re.finditer(re.escape(program) + r"(?P<args>[^`#\n]*)", line):
             args = match.group("args").strip().rstrip(".,;:")
-            if not PLACEHOLDER.search(args) and "&&" not in args:
+            if not PLACEHOLDER.search(LOSS_NAME.sub("", args)) and "&&" not in args:
                 found.append(shlex.split(args))
     return found
 
