@@ -36,7 +36,7 @@ DAMP = dict(temp=0.01, eta=0.3, threshold=0.5, top_k=3, neg_ratio=0.3)
 
 
 def _clip(name: str, device: torch.device):
-    """A randomly initialised open_clip model (an open_clip name or a JSON config) and its tokenizer."""
+    """A randomly initialised open_clip model (an open_clip name or a JSON config), its tokenizer and input side."""
     import open_clip
 
     if name.endswith(".json"):
