@@ -23,7 +23,17 @@ from losses import LOSSES
 from models import BACKBONES, BOOST_ALPHA, HEADS
 from preflight import existing_file, existing_folder, new_run_folder, writable_folder
 from preproc.generate_observed_labels import label_protocol
-from presets import LINEAR_EPOCHS, PRESETS, REPO_ROOT, RUN_PRESETS, custom_preset, dataset_dir, how_to_prepare, preset_of
+from presets import (
+    DEFAULT_CLIP_MODEL,
+    LINEAR_EPOCHS,
+    PRESETS,
+    REPO_ROOT,
+    RUN_PRESETS,
+    custom_preset,
+    dataset_dir,
+    how_to_prepare,
+    preset_of,
+)
 from training.checkpoint import load_checkpoint
 from training.distributed import under_torchrun, world
 from training.speed import check_amp
@@ -49,6 +59,16 @@ def _check_image_options(cfg: Config) -> None:
     if cfg.train_scope != "all" and not cfg.model.startswith("resnet"):
         raise UserError(f"--train-scope {cfg.train_scope} trains a ResNet's layer4 and head; -m {cfg.model} has no "
                         f"layer4: use -m resnet18/resnet50/resnet101, or --train-scope all")
+
+
+def _check_gr_ranges(hp: LossHyper) -> None:
+    """The GR / GPR ranges whose parts constrain each other."""
+    if min(hp.gr_alpha[1], hp.gr_alpha[3]) <= 0:
+        raise UserError(f"--gr-alpha {' '.join(f'{v:g}' for v in hp.gr_alpha)}: the widths SIGMA0 and SIGMAT of "
+                        f"v(p) must be > 0")
+    if hp.gpr_lam[1] > hp.gpr_lam[0]:
+        raise UserError(f"--gpr-lam {hp.gpr_lam[0]:g} {hp.gpr_lam[1]:g}: LAMBDA2 bounds a pseudo-positive's weight "
+                        f"from below and LAMBDA1 from above; pass LAMBDA1 >= LAMBDA2")
 
 
 def _speed_settings(args: argparse.Namespace, device: str) -> dict:
@@ -295,8 +315,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
                              ("--train-features", args.train_features, "a (N_official_train, D) .npy file"),
                              ("--test-features", args.test_features, "a (N_test, D) .npy file")):
         existing_file(flag, path, what)
-    if args.clip_model.endswith(".json"):
-        existing_file("--clip-model", Path(args.clip_model), "an open_clip model name or a JSON model config file")
+    existing_file("--relation", args.relation, "a (num_classes, num_classes) .npy relation matrix")
+    clip_model = pick(args.clip_model, loss_defaults.get("clip_model", DEFAULT_CLIP_MODEL))
+    if clip_model.endswith(".json"):
+        existing_file("--clip-model", Path(clip_model), "an open_clip model name or a JSON model config file")
     out = args.out or REPO_ROOT / "runs" / f"{args.dataset}_{args.loss}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     new_run_folder(out.absolute())
     model = pick(args.model, preset.model)
@@ -345,11 +367,17 @@ def parse_args(argv: list[str] | None = None) -> Config:
             pu_gamma=args.pu_gamma,
             mix_alpha=args.mix_alpha,
             reg_weight=args.reg_weight,
+            # GR's schedule and AEVLP's settings: the flag, else the method's own default for the dataset
+            **{name: pick(getattr(args, name), loss_defaults.get(name, getattr(LossHyper, name)))
+               for name in ("gr_beta", "gr_alpha", "gr_q2q3", "pseudo_labels", "gpr_lam", "gpr_rho", "gpr_reg",
+                            "damp_grid", "damp_temp", "damp_eta", "damp_threshold", "damp_top_k", "damp_neg_ratio",
+                            "damp_norm", "text_graph", "text_graph_seed", "text_graph_topk", "text_graph_reweight")},
+            relation=str(args.relation.absolute()) if args.relation else None,
         ),
         deterministic=args.deterministic,
         skip_bad_images=args.skip_bad_images,
         pretrained_weights=args.pretrained_weights,
-        clip_model=args.clip_model,
+        clip_model=clip_model,
         clip_weights=args.clip_weights,
         text_features=args.text_features,
         prompt_template=args.prompt_template,
@@ -379,8 +407,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
         report_test_oracle=args.report_test_oracle,
         per_gpu_bsize=args.per_gpu_bsize,
         sync_bn=args.sync_bn,
+        stop_drop=args.stop_drop,
     )
     _check_image_options(cfg)
+    _check_gr_ranges(cfg.hyper)
     _check_world(cfg)
     if custom:
         log.info(f"{args.dataset}: a dataset of your own, with neutral defaults: batch {cfg.bsize}, lr {cfg.lr:g}, "

@@ -41,6 +41,34 @@ class LossHyper:
     pu_gamma: float = 0.55
     mix_alpha: float = 0.3
     reg_weight: float = 1.0
+    # GR / GPR schedules (methods/gr.py), in the GR authors' order: beta = (w0, wT, b0, bT) of
+    # k = sigmoid(w p + b), alpha = (mu0, sigma0, muT, sigmaT) of v, then (q2, q3)
+    gr_beta: tuple[float, ...] = (0.0, 2.0, -2.0, -2.0)
+    gr_alpha: tuple[float, ...] = (0.5, 2.0, 0.8, 0.5)
+    gr_q2q3: tuple[float, ...] = (0.01, 1.0)
+    # AEVLP (methods/aevlp): the GPR loss and DAMP's pseudo-labels; the authors' defaults of their config.py
+    # (the benchmarks' own values: presets.AEVLP_SETTINGS)
+    pseudo_labels: str = "damp"  # or "off": GR + the expected-positive regulariser
+    gpr_lam: tuple[float, ...] = (0.8, 0.3)  # (lambda1, lambda2): a pseudo-positive's weight lies in [lambda2, lambda1]
+    gpr_rho: float = 0.9
+    gpr_reg: float = 0.001
+    damp_grid: int = 4
+    damp_temp: float = 0.01
+    damp_eta: float = 0.1
+    damp_threshold: float = 0.5
+    damp_top_k: int = 3
+    damp_neg_ratio: float = 0.1
+    damp_norm: str = "imagenet"  # the CLIP input's mean/std: "imagenet" (the authors') or "clip"
+    text_graph: str = "random"  # or "off"
+    text_graph_seed: int = 0
+    text_graph_topk: int | None = None  # None: every class
+    text_graph_reweight: float = 0.2
+    relation: str | None = None  # a (C, C) .npy relation matrix (absolute path); None: from the class text embeddings
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):  # config.json holds the tuples as JSON lists
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
 
 
 @dataclass(frozen=True)
@@ -110,6 +138,8 @@ class Config:
     # per_gpu_bsize x the processes the run started on; sync_bn: SyncBatchNorm across the processes
     per_gpu_bsize: int | None = None
     sync_bn: bool = False
+    # Also stop when val mAP falls more than this many points below the best (AEVLP's rule); 0: off
+    stop_drop: float = 0.0
 
     def __post_init__(self):
         # Saved as absolute paths, so that --resume and --eval-only work from any directory.

@@ -184,14 +184,17 @@ class ImageFiles(Dataset):
 
     `seed`: the train pipeline's random choices are drawn per image (preprocess.ImageDraws) from
     the run's seed, the epoch (`set_epoch`) and the row; None for a split read without them.
+    `crop_flips`: that many crop flips drawn per sample into its view index (`view_index`).
     """
 
-    def __init__(self, split: Split, skip_unreadable: bool = False, flip_views: bool = False, seed: int | None = None):
+    def __init__(self, split: Split, skip_unreadable: bool = False, flip_views: bool = False, seed: int | None = None,
+                 crop_flips: int = 0):
         self.images = split.images
         self.labels = torch.from_numpy(split.labels)
         self.skip_unreadable = skip_unreadable
         self.flip_views = flip_views
         self.seed, self.epoch = seed, 0
+        self.crop_flips = crop_flips
 
     def __len__(self) -> int:
         return len(self.images)
@@ -211,6 +214,16 @@ class ImageFiles(Dataset):
             raise unreadable_image(path, err) from err
         return None
 
+    def view_index(self, index: int, flipped: bool, draws: ImageDraws | None) -> int:
+        """The sample's view index `index + N x code`: bit 0 of `code` says whether the image was flipped,
+        bit 1 + k is crop k's flip of the `crop_flips` crops (AEVLP's DAMP flips each crop it scores on its
+        own; methods/aevlp/damp.py reads the bits), drawn per image with its other choices."""
+        code = int(flipped)
+        if self.crop_flips:
+            for k, flip in enumerate(draws.crop_flips(self.crop_flips)):
+                code |= int(flip) << (1 + k)
+        return index + len(self.images) * code
+
 
 class ImageDataset(ImageFiles):
     """Yields (image tensor, label row, index); the index lets stateful losses address rows.
@@ -222,12 +235,12 @@ class ImageDataset(ImageFiles):
     With `flip_views` the index of a mirrored image is the *view index* `index + N`:
     the row of that view in a (2N, C) table of per-view scores (VLPL's cached CLIP
     pseudo-labels, see methods/vlpl/loss.py). The transform flips it; both read the
-    same draw.
+    same draw. With `crop_flips` the view index also carries that many crop flips (`view_index`).
     """
 
     def __init__(self, split: Split, transform: Transform, skip_unreadable: bool = False, flip_views: bool = False,
-                 seed: int | None = None):
-        super().__init__(split, skip_unreadable, flip_views, seed)
+                 seed: int | None = None, crop_flips: int = 0):
+        super().__init__(split, skip_unreadable, flip_views, seed, crop_flips)
         self.transform = transform
         self.image_shape = (3, transform.pre.size, transform.pre.size)
 
@@ -244,7 +257,7 @@ class ImageDataset(ImageFiles):
             return self.unreadable(path, err)
         draws = self.draws(index)
         flipped = self.flip_views and draws.flip()
-        return self.transform(image, draws), self.labels[index], index + len(self.images) * int(flipped)
+        return self.transform(image, draws), self.labels[index], self.view_index(index, flipped, draws)
 
 
 def collate_skipping(batch: list, image_shape: tuple[int, ...] = (), num_classes: int = 0):

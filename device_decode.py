@@ -107,11 +107,11 @@ def image_codec(device: torch.device) -> ImageCodec:
 class FileBytesDataset(ImageFiles):
     """Yields (file bytes as a 1-D uint8 tensor, label row, index, flipped); None for an unreadable
     file with `skip_unreadable`. `flip`: draw a random horizontal flip per sample (train);
-    `flip_views`: report a flipped sample as index + N (see datasets.ImageDataset)."""
+    `flip_views`: report a flipped sample as index + N, and its `crop_flips` (see datasets.ImageDataset)."""
 
     def __init__(self, split: Split, skip_unreadable: bool = False, flip: bool = False, flip_views: bool = False,
-                 seed: int | None = None):
-        super().__init__(split, skip_unreadable, flip_views, seed)
+                 seed: int | None = None, crop_flips: int = 0):
+        super().__init__(split, skip_unreadable, flip_views, seed, crop_flips)
         self.flip = flip
 
     def __getitem__(self, index: int):
@@ -120,8 +120,9 @@ class FileBytesDataset(ImageFiles):
             data = Path(path).read_bytes()
         except OSError as err:
             return self.unreadable(path, err)
-        flipped = self.flip and self.draws(index).flip()
-        view = index + len(self.images) * int(flipped and self.flip_views)
+        draws = self.draws(index)
+        flipped = self.flip and draws.flip()
+        view = self.view_index(index, flipped and self.flip_views, draws)
         # an empty file has no buffer to wrap; the decoder then reports it unreadable
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
         return encoded, self.labels[index], view, flipped
@@ -271,12 +272,13 @@ class DeviceDecodeLoader:
 def device_loader(split: Split, preprocess: Preprocess, device: torch.device, codec: ImageCodec, batch_size: int,
                   num_workers: int, train: bool = False, hflip: bool = False, flip_views: bool = False,
                   skip_unreadable: bool = False, generator: torch.Generator | None = None,
-                  batches: Batches | None = None, seed: int = 0) -> DeviceDecodeLoader:
+                  batches: Batches | None = None, seed: int = 0, crop_flips: int = 0) -> DeviceDecodeLoader:
     """A `--decode gpu` loader of `split` decoded by `codec` (image_codec): shuffled and flipped (if `hflip`,
-    drawn per image from `seed`) when `train`, else in order. `batches(dataset, batch_size, shuffle, generator)`
-    makes the batch sampler (this process's share under torchrun)."""
+    drawn per image from `seed`, with `crop_flips` crop flips) when `train`, else in order.
+    `batches(dataset, batch_size, shuffle, generator)` makes the batch sampler (this process's share under torchrun)."""
     dataset = FileBytesDataset(split, skip_unreadable=skip_unreadable, flip=train and hflip,
-                               flip_views=train and hflip and flip_views, seed=seed if train else None)
+                               flip_views=train and hflip and flip_views, seed=seed if train else None,
+                               crop_flips=crop_flips if train and hflip else 0)
     batching = dict(batch_size=batch_size, shuffle=train) if batches is None else \
         dict(batch_sampler=batches(dataset, batch_size, train, generator))
     loader = DataLoader(dataset, **batching, generator=generator, num_workers=num_workers,

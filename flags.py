@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 from pathlib import Path
 
 from config import LossHyper
 from device_decode import DECODERS
 from errors import UserError
 from losses import LOSSES
+from methods.aevlp.damp import DAMP_NORMS, MAX_GRID
+from methods.aevlp.gpr import PSEUDO_LABELS
+from methods.aevlp.text_graph import TEXT_GRAPHS
 from models import BACKBONES, BOOST_ALPHA, HEADS
 from presets import (
+    AEVLP_CLIP_MODEL,
     DEFAULT_CLIP_MODEL,
     DEFAULT_PROMPT,
     LINEAR_EPOCHS,
@@ -27,6 +32,13 @@ from presets import (
 )
 from training.recipe import OPTIMIZERS, SCHEDULES, TRAIN_SCOPES
 from training.speed import AMP_DTYPES
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Help lines never break inside a flag name (`--text-graph-topk`), so a preset's expansion copies as it is."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +72,7 @@ def _range_text(low, high, low_open, high_open) -> str:
     return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
+_finite = _number(float)
 _positive_int = _number(int, 0, low_open=True)
 _non_negative_int = _number(int, 0)
 _positive_float = _number(float, 0.0, low_open=True)
@@ -69,7 +82,7 @@ _seed = _number(int, 0, 2**32 - 1)  # NumPy's seed range
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description="Train and evaluate a single-positive multi-label classifier.")
+    p = _Parser(description="Train and evaluate a single-positive multi-label classifier.", formatter_class=_Formatter)
     loss_help = "; ".join(f"{name}: {entry.help}" for name, entry in LOSSES.items())
     p.add_argument("-d", "--dataset", default="digits", type=dataset_name,
                    help=f"a benchmark ({', '.join(sorted(PRESETS))}), or the name of a dataset of your own in "
@@ -95,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=_non_negative_int,
                    help="stop after this many epochs without a val mAP gain; 1 is the EM/APL code's rule, "
                         "0 never stops early (Cole, VLPL) (default: 1; 0 for EM_PL* and linear_fixed_features)")
+    p.add_argument("--stop-drop", type=_non_negative_float, default=0.0, metavar="POINTS",
+                   help="also stop when val mAP falls more than POINTS below the best so far (AEVLP's rule: 2); "
+                        "0: off (default: 0)")
     p.add_argument("--num-workers", type=_non_negative_int, help="data loading processes (default: per dataset)")
     p.add_argument("--val-set-variant", choices=("clean", "observed"), default="clean",
                    help="score val on its full labels, or on its observed positives only (default: clean)")
@@ -149,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     vl.add_argument("--gamma-pos", type=_non_negative_float, default=2.0, help="EM_PL_ASL focusing of positives (default: 2)")
     vl.add_argument("--gamma-unknown", type=_non_negative_float, default=4.0, help="EM_PL_ASL focusing of unknown labels (default: 4)")
     vl.add_argument("--gamma-neg", type=_non_negative_float, default=4.0, help="EM_PL_ASL focusing of pseudo-negatives (default: 4)")
-    vl.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL,
-                    help=f"open_clip model name or a JSON model config: the frozen scorer and the clip_vision backbone (default: {DEFAULT_CLIP_MODEL})")
+    vl.add_argument("--clip-model",
+                    help=f"open_clip model name or a JSON model config: the frozen scorer and the clip_vision backbone "
+                         f"(default: {DEFAULT_CLIP_MODEL}; {AEVLP_CLIP_MODEL} for GPR)")
     vl.add_argument("--clip-weights", type=Path, help="local open_clip checkpoint for --clip-model (default: OpenAI weights from open_clip's cache)")
     vl.add_argument("--text-features", type=Path, help="(num_classes, D) .npy class text embeddings (VLPL's *text_feature.npy) instead of prompts")
     vl.add_argument("--prompt-template", default=DEFAULT_PROMPT, help=f"class prompt for the CLIP text tower (default: {DEFAULT_PROMPT!r})")
@@ -175,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--classifier-lr-mult", type=_positive_float,
                     help="learning rate of the final layer relative to --lr "
                          "(default: 1; 10 for LL-* and GR, as their authors' code)")
+    _aevlp_flags(p)
     pu = p.add_argument_group("PU-MLC loss (-l PU; defaults: the authors' COCO settings, Yuan et al. 2024)")
     pu.add_argument("--pu-alpha", type=_positive_float, default=LossHyper.pu_alpha,
                     help=f"temperature scale: T_c = min(alpha x std of class c's logits over the batch, 1) "
@@ -232,6 +250,57 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--word-vectors", type=Path, metavar="NPY",
                     help="(num_classes, D) .npy of class word vectors in class order, for --head ssgrl")
     return p
+
+
+def _aevlp_flags(p: argparse.ArgumentParser) -> None:
+    ae = p.add_argument_group(
+        "GR schedule and AEVLP (-l GPR: GPR loss + DAMP pseudo-labels, Tran et al. ICCV 2025); defaults: the GR "
+        "authors' for GR; for GPR the AEVLP authors' per benchmark (see --preset aevlp-*), on digits and datasets "
+        "of your own their config.py's, shown here")
+    ae.add_argument("--gr-beta", type=_finite, nargs=4, metavar=("W0", "WT", "B0", "BT"),
+                    help="GR, GPR: the soft pseudo-label k(p) = sigmoid(w p + b), w from W0 toward WT and b from B0 "
+                         "toward BT over the epochs (the GR authors' --beta) (default: 0 2 -2 -2)")
+    ae.add_argument("--gr-alpha", type=_finite, nargs=4, metavar=("MU0", "SIGMA0", "MUT", "SIGMAT"),
+                    help="GR, GPR: the weight v(p) = exp(-(p - mu)^2 / 2 sigma^2), mu from MU0 to MUT and sigma from "
+                         "SIGMA0 to SIGMAT > 0 (the GR authors' --alpha) (default: 0.5 2 0.8 0.5)")
+    ae.add_argument("--gr-q2q3", type=_positive_float, nargs=2, metavar=("Q2", "Q3"),
+                    help="GR, GPR: exponents of the robust losses toward 1 and toward 0 (default: 0.01 1)")
+    ae.add_argument("--pseudo-labels", choices=PSEUDO_LABELS,
+                    help="GPR: damp, DAMP's CLIP pseudo-positives; off, GR + the expected-positive regulariser "
+                         "(default: damp)")
+    ae.add_argument("--gpr-lam", type=_number(float, 0.0, 1.0), nargs=2, metavar=("LAMBDA1", "LAMBDA2"),
+                    help="GPR: a pseudo-positive's weight 1 - v is kept in [LAMBDA2, LAMBDA1] (default: 0.8 0.3)")
+    ae.add_argument("--gpr-rho", type=_number(float, 0.0, 1.0),
+                    help="GPR: a pseudo-positive's target, rho (-log p) + (1 - rho)(-log(1 - p)) (default: 0.9)")
+    ae.add_argument("--gpr-reg", type=_non_negative_float,
+                    help="GPR: weight of the expected-positive regulariser (--expected-pos) (default: 0.001)")
+    ae.add_argument("--damp-grid", type=_number(int, 1, MAX_GRID), metavar="G",
+                    help=f"DAMP: CLIP scores the whole image and the G x G tiles of a grid, 1 to {MAX_GRID} "
+                         f"(default: 4)")
+    ae.add_argument("--damp-temp", type=_positive_float, help="DAMP: softmax temperature of the CLIP cosines (default: 0.01)")
+    ae.add_argument("--damp-eta", type=_number(float, 0.0, 1.0),
+                    help="DAMP: a class takes its best tile's score if above min(eta, the observed positive's "
+                         "whole-image score), else its worst tile's (default: 0.1)")
+    ae.add_argument("--damp-threshold", type=_number(float, 0.0, 1.0),
+                    help="DAMP: score from which a top-k class is pseudo-positive (default: 0.5)")
+    ae.add_argument("--damp-top-k", type=_positive_int, help="DAMP: at most this many pseudo-positives per image (default: 3)")
+    ae.add_argument("--damp-neg-ratio", type=_fraction,
+                    help="DAMP: fraction of classes, lowest by whole-image and mean-tile score, never pseudo-positive "
+                         "(default: 0.1)")
+    ae.add_argument("--damp-norm", choices=DAMP_NORMS,
+                    help="DAMP: mean/std of the CLIP input; imagenet as the authors (their thresholds were tuned on "
+                         "it), or CLIP's own (default: imagenet)")
+    ae.add_argument("--text-graph", choices=TEXT_GRAPHS,
+                    help="DAMP: random, the authors' frozen random graph network over the class text embeddings "
+                         "(seeded here); off, the plain embeddings (default: random)")
+    ae.add_argument("--text-graph-seed", type=_seed, help="DAMP: seed of the text graph's weights (default: 0)")
+    ae.add_argument("--text-graph-topk", type=_positive_int, metavar="K",
+                    help="DAMP: neighbours per class in the text graph, itself included (default: every class)")
+    ae.add_argument("--text-graph-reweight", type=_number(float, 0.0, 1.0),
+                    help="DAMP: the text graph's weight of the neighbours, 1 - it of the class itself (default: 0.2)")
+    ae.add_argument("--relation", type=Path, metavar="NPY",
+                    help="DAMP: (num_classes, num_classes) .npy relation matrix of the text graph, e.g. the authors' "
+                         "data/relation/relation+<dataset>.npy (default: cosines of the class text embeddings)")
 
 
 def _default_loss() -> str:

@@ -5,7 +5,7 @@ hyperparameters, e.g.
 
     loss_em(logits, targets, alpha=0.1) -> {"main": tensor}
 
-the stateful methods in `methods/` (ROLE, EM + APL, VLPL, Large-Loss, GR; the robust
+the stateful methods in `methods/` (ROLE, EM + APL, VLPL, Large-Loss, GR, AEVLP's GPR; the robust
 losses Hill, SPLC, focal, ASL in `methods/robust.py`). `LOSSES` is the one
 table of every loss: its builder, the label view it trains on, its help line (the
 CLI's `-l` choices and `-h`) and the run defaults of its paper where they differ
@@ -22,6 +22,7 @@ import torch
 
 from config import LossHyper
 from errors import UserError
+from methods.aevlp import GPRLoss
 from methods.apl import EmAplLoss
 from methods.base import (
     Builder,
@@ -41,6 +42,7 @@ from methods.robust import SPLCLoss, loss_asl, loss_focal, loss_hill
 from methods.pu import PULoss
 from methods.role import RoleLoss
 from methods.vlpl import VLPLLoss, loss_em_pl, loss_em_pl_asl, vlpl_defaults
+from presets import AEVLP_CLIP_MODEL, AEVLP_SETTINGS
 
 # --- the losses -----------------------------------------------------------------
 
@@ -163,6 +165,13 @@ LOSSES: dict[str, LossEntry] = {
                     "generalized robust loss: soft pseudo-labels and reweighting of unknowns on an epoch schedule, "
                     "classifier lr x10 (Chen et al. IJCAI 2024)",
                     defaults=lambda preset: {"classifier_lr_mult": GR_CLASSIFIER_LR_MULT}),
+    "GPR": LossEntry(GPRLoss.from_hyper, OBSERVED,
+                     "AEVLP's generalized pseudo-label robust loss: GR on unknowns, DAMP's pseudo-positives from "
+                     "frozen-CLIP scores of each image and of its grid of tiles, weighted in [lambda2, lambda1], "
+                     "+ the expected-positive regulariser; classifier lr x10 (Tran et al. ICCV 2025)",
+                     defaults=lambda preset: {"classifier_lr_mult": GR_CLASSIFIER_LR_MULT, "clip_model": AEVLP_CLIP_MODEL,
+                                              **AEVLP_SETTINGS.get(preset.name, {})},
+                     needs_expected_pos=True, whole_batch=True),
     "hill": LossEntry(stateless(loss_hill), OBSERVED,
                       "Hill: focal-margin positives, (1.5 - p) p^2 on unknowns (Zhang et al. 2021, robust loss design "
                       "for missing labels)"),

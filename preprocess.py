@@ -30,7 +30,7 @@ CROP_STEP = 64  # the authors' crop sides are a multiple of 64 apart
 
 # One stream per random choice of the train pipeline. A new choice (AEVLP's crop flips) takes the
 # next key and a method of ImageDraws: the choices already there keep their values.
-FLIP, SQUARE_CROP = 0, 1
+FLIP, SQUARE_CROP, CROP_FLIPS = 0, 1, 2
 
 
 class ImageDraws:
@@ -50,6 +50,10 @@ class ImageDraws:
     def flip(self) -> bool:
         """A horizontal flip, with probability 1/2."""
         return bool(self._rng(FLIP).random() < 0.5)
+
+    def crop_flips(self, count: int) -> list[bool]:
+        """`count` independent horizontal flips, one per crop (AEVLP's DAMP), each with probability 1/2."""
+        return (self._rng(CROP_FLIPS).random(count) < 0.5).tolist()
 
     def square_crop(self, sides: tuple[int, ...], full: int) -> tuple[int, int, int]:
         """(side, top, left) of a square crop of a full x full image: the side uniform over `sides`, then its place."""

@@ -14,20 +14,13 @@ Prints the median step time of each and their ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.timing import median_step_time, print_speedup
 from methods.vlpl import loss_em_pl, pseudo_labels
 from models import MultiLabelModel, create_backbone
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,24 +66,12 @@ def main() -> None:
         optimizer.step()
 
     model.train()
-    times: dict[str, float] = {}
-    for name, per_step in (("cached scores", False), ("CLIP every step", True)):
-        for _ in range(args.warmup):
-            step(per_step)
-        laps = []
-        for _ in range(args.steps):
-            _sync(device)
-            start = time.perf_counter()
-            step(per_step)
-            _sync(device)
-            laps.append(time.perf_counter() - start)
-        times[name] = statistics.median(laps)
+    times = {name: median_step_time(lambda: step(per_step), device, args.warmup, args.steps)
+             for name, per_step in (("cached scores", False), ("CLIP every step", True))}
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"backbone {args.backbone} @ {args.size}, CLIP {args.clip_model} @ {clip_size}, batch {args.bsize}, "
           f"median of {args.steps} steps")
-    for name, t in times.items():
-        print(f"  {name:16s} {t * 1000:9.1f} ms/step")
-    print(f"  speed-up of caching: {times['CLIP every step'] / times['cached scores']:.2f}x")
+    print_speedup(times)
 
 
 if __name__ == "__main__":

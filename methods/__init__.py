@@ -6,6 +6,7 @@
     vlpl/     VLPL (Xing et al. 2024): frozen-CLIP pseudo-labels, the open_clip towers, the score cache
     large_loss.py  LL-R / LL-Ct / LL-Cp (Kim et al. 2022): large unknown losses rejected or corrected
     gr.py     GR loss (Chen et al. 2024): epoch-scheduled soft pseudo-labels and weights
+    aevlp/    AEVLP (Tran et al. 2025): the GPR loss on DAMP's multi-crop CLIP pseudo-labels
     robust.py Hill, SPLC (Zhang et al. 2021), focal, ASL: robust losses with unknowns as negatives
 
 Each module imports only `base` (and `config`, `errors`, the data layer); none

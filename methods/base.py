@@ -101,7 +101,9 @@ class SPMLLoss(nn.Module):
     """What the training loop sees of a loss."""
 
     # What the loss needs attached before training, besides the train labels (modes/setup.build_loss):
-    needs_clip_scores = False  # frozen-CLIP cosines of the train images (VLPL)
+    needs_clip_scores = False  # frozen-CLIP cosines of the train images (VLPL), or of their crops (AEVLP)
+    # Crops whose flips the train set draws for each sample, packed in its view index (AEVLP's DAMP)
+    crop_flips = 0
     # linear_init fine-tunes with the state the linear phase ended with (ROLE's label estimates)
     carries_state_across_phases = False
     # Computed on the whole global batch under torchrun; set from the registry entry (losses.create_loss)
@@ -109,6 +111,11 @@ class SPMLLoss(nn.Module):
 
     def attach_train_labels(self, targets: torch.Tensor) -> None:
         """Called once before training with the (N_train, C) training targets, row = example index."""
+
+    def clip_scoring(self) -> dict:
+        """With `needs_clip_scores`: how the train images are scored, as keyword arguments of
+        methods/vlpl/scores.train_similarities (crops, text graph, dtype); the whole image by default."""
+        return {}
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups of the loss's own parameters (none for most losses)."""

@@ -13,10 +13,12 @@ With p = sigmoid(logit) and p' = p detached, per entry:
 summed and divided by B x C. The four parameters move linearly over the T epochs of the
 run as in the authors' train.py (yan4xi1/GRLoss, no linear warm-up), at epoch e (1-based):
 
-    (w, b)      = start + (end - start) (e - 1) / T    from (0, -2) toward (2, -2)
-    (mu, sigma) = start + (end - start) e / T          from (0.5, 2) to (0.8, 0.5)
+    (w, b)      = start + (end - start) (e - 1) / T    by default from (0, -2) toward (2, -2)
+    (mu, sigma) = start + (end - start) e / T          by default from (0.5, 2) to (0.8, 0.5)
 
-so (w, b) are one step behind (mu, sigma), exactly as there. They are buffers of the loss,
+so (w, b) are one step behind (mu, sigma), exactly as there. The ranges and (q2, q3) are the flags
+--gr-beta W0 WT B0 BT, --gr-alpha MU0 SIGMA0 MUT SIGMAT and --gr-q2q3 Q2 Q3 (the authors' --beta, --alpha,
+--q2q3, renamed: spml's --alpha / --beta are EM's and APL's weights). w, b, mu, sigma are buffers of the loss,
 set by `start_epoch`, and `state_dict()` checkpoints them. The authors' epsilon inside the
 log is 1e-7, not Cole et al.'s 1e-5. p^q2 and (1 - p)^q3 are computed as exp(q logsigmoid(.)),
 equal in value, so the gradient stays finite where p rounds to 0 or 1.
@@ -32,32 +34,41 @@ from config import LossHyper
 from methods.base import SPMLLoss, Terms, per_code, reduce
 
 GR_LOG_EPSILON = 1e-7  # the authors' neg_log
-# The authors' defaults (their config.py and README): beta = (w0, wT, b0, bT), alpha = (mu0, sigma0, muT, sigmaT)
-W_RANGE, B_RANGE = (0.0, 2.0), (-2.0, -2.0)
-MU_RANGE, SIGMA_RANGE = (0.5, 0.8), (2.0, 0.5)
-Q2, Q3 = 0.01, 1.0
 CLASSIFIER_LR_MULT = 10.0  # the authors' `lr_mult` on the final layer, as Kim et al.'s
 
 
-def gr_schedule(epoch: int, epochs: int) -> dict[str, float]:
-    """w, b, mu, sigma at `epoch` (1-based) of a run of `epochs`, the authors' linear interpolation."""
-    def lerp(span: tuple[float, float], step: int) -> float:
-        return span[0] + (span[1] - span[0]) * max(step, 0) / epochs
+def gr_schedule(epoch: int, epochs: int, beta: tuple[float, ...] = LossHyper.gr_beta,
+                alpha: tuple[float, ...] = LossHyper.gr_alpha) -> dict[str, float]:
+    """w, b, mu, sigma at `epoch` (1-based) of a run of `epochs`, the authors' linear interpolation.
 
-    return {"w": lerp(W_RANGE, epoch - 1), "b": lerp(B_RANGE, epoch - 1),
-            "mu": lerp(MU_RANGE, epoch), "sigma": lerp(SIGMA_RANGE, epoch)}
+    `beta` = (w0, wT, b0, bT) and `alpha` = (mu0, sigma0, muT, sigmaT), in the authors' order;
+    the defaults are their config.py's (--gr-beta, --gr-alpha)."""
+    (w0, w_end, b0, b_end), (mu0, sigma0, mu_end, sigma_end) = beta, alpha
+
+    def lerp(start: float, end: float, step: int) -> float:
+        return start + (end - start) * max(step, 0) / epochs
+
+    return {"w": lerp(w0, w_end, epoch - 1), "b": lerp(b0, b_end, epoch - 1),
+            "mu": lerp(mu0, mu_end, epoch), "sigma": lerp(sigma0, sigma_end, epoch)}
 
 
-def loss_gr(logits: torch.Tensor, targets: torch.Tensor, w: torch.Tensor | float, b: torch.Tensor | float,
-            mu: torch.Tensor | float, sigma: torch.Tensor | float, q2: float = Q2, q3: float = Q3) -> Terms:
-    """The GR loss of a batch with the given schedule values; observed negatives (-1) -log(1 - p)."""
+def gr_terms(logits: torch.Tensor, w: torch.Tensor | float, b: torch.Tensor | float, mu: torch.Tensor | float,
+             sigma: torch.Tensor | float, q2: float, q3: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per entry: p, the weight v(p') (no gradient) and GR's loss of an unknown entry."""
     p = torch.sigmoid(logits)
     fixed = p.detach()
     k = torch.sigmoid(w * fixed + b)
     v = torch.exp(-((fixed - mu) ** 2) / (2 * sigma ** 2))
     toward_one = (1 - torch.exp(q2 * F.logsigmoid(logits))) / q2
     toward_zero = (1 - torch.exp(q3 * F.logsigmoid(-logits))) / q3
-    unknown = v * (k * toward_one + (1 - k) * toward_zero)
+    return p, v, v * (k * toward_one + (1 - k) * toward_zero)
+
+
+def loss_gr(logits: torch.Tensor, targets: torch.Tensor, w: torch.Tensor | float, b: torch.Tensor | float,
+            mu: torch.Tensor | float, sigma: torch.Tensor | float, q2: float = LossHyper.gr_q2q3[0],
+            q3: float = LossHyper.gr_q2q3[1]) -> Terms:
+    """The GR loss of a batch with the given schedule values; observed negatives (-1) -log(1 - p)."""
+    p, _, unknown = gr_terms(logits, w, b, mu, sigma, q2, q3)
     return {"main": reduce(per_code(targets, -torch.log(p + GR_LOG_EPSILON), unknown,
                                     -torch.log(1 - p + GR_LOG_EPSILON)))}
 
@@ -67,21 +78,23 @@ class GRLoss(SPMLLoss):
 
     @classmethod
     def from_hyper(cls, hp: LossHyper, num_examples: int, num_classes: int) -> "GRLoss":
-        return cls(hp.epochs)
+        return cls(hp.epochs, hp.gr_beta, hp.gr_alpha, hp.gr_q2q3)
 
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int, beta: tuple[float, ...] = LossHyper.gr_beta,
+                 alpha: tuple[float, ...] = LossHyper.gr_alpha, q2q3: tuple[float, ...] = LossHyper.gr_q2q3):
         super().__init__()
-        self.epochs = epochs
-        for name, value in gr_schedule(1, epochs).items():
+        self.epochs, self.beta, self.alpha = epochs, tuple(beta), tuple(alpha)
+        self.q2, self.q3 = q2q3
+        for name, value in gr_schedule(1, epochs, self.beta, self.alpha).items():
             self.register_buffer(name, torch.tensor(value))
 
     def start_epoch(self, epoch: int, score_train: Callable[[], torch.Tensor]) -> None:
-        for name, value in gr_schedule(epoch, self.epochs).items():
+        for name, value in gr_schedule(epoch, self.epochs, self.beta, self.alpha).items():
             getattr(self, name).fill_(value)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> Terms:
-        return loss_gr(logits, targets, self.w, self.b, self.mu, self.sigma)
+        return loss_gr(logits, targets, self.w, self.b, self.mu, self.sigma, self.q2, self.q3)
 
     def extra_repr(self) -> str:
         return (f"epochs={self.epochs}, w={self.w.item():g}, b={self.b.item():g}, mu={self.mu.item():g}, "
-                f"sigma={self.sigma.item():g}, q2={Q2}, q3={Q3}")
+                f"sigma={self.sigma.item():g}, q2={self.q2:g}, q3={self.q3:g}")

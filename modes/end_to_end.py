@@ -45,7 +45,7 @@ def train_end_to_end(cfg: Config, out: Path, init: Init | None = None) -> dict:
     loss_fn = build_loss(cfg, splits.train, splits.num_classes, device, cfg.epochs, image_views(cfg))
     if init is not None:
         init(model, loss_fn)
-    loaders = make_loaders(cfg, splits, model, flip_views=loss_fn.needs_clip_scores)
+    loaders = make_loaders(cfg, splits, model, flip_views=loss_fn.needs_clip_scores, crop_flips=loss_fn.crop_flips)
     info = {
         "image_size": model.preprocess.size,
         # NUS-WIDE's and COCO's variants give different numbers: every result names the one it used

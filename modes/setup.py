@@ -63,7 +63,8 @@ def build_loss(cfg: Config, train: Split, num_classes: int, device: torch.device
         with main_first():  # under torchrun rank 0 scores and caches them, the others read the cache
             cosines = train_similarities(cfg.dataset, cfg.data_dir, train.images, names,
                                          ClipSpec(cfg.clip_model, cfg.clip_weights), views, device,
-                                         cfg.text_features, cfg.prompt_template, cfg.num_workers, cfg.skip_bad_images)
+                                         cfg.text_features, cfg.prompt_template, cfg.num_workers,
+                                         cfg.skip_bad_images, **loss_fn.clip_scoring())
         loss_fn.set_clip_cosines(cosines)
     return loss_fn
 
@@ -74,18 +75,20 @@ def image_views(cfg: Config) -> int:
 
 
 def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
-                 flip_views: bool = False) -> dict[str, DataLoader]:
-    """`flip_views`: the train set reports a flipped image in its index (see ImageDataset)."""
+                 flip_views: bool = False, crop_flips: int = 0) -> dict[str, DataLoader]:
+    """`flip_views`: the train set reports a flipped image in its index (see ImageDataset), with `crop_flips`
+    flips drawn for the crops of a sample; the crops are flipped only where the images are."""
     hflip = preset_of(cfg.dataset).hflip
+    crop_flips = crop_flips if hflip else 0
     if cfg.decode == "gpu":
-        return _device_decode_loaders(cfg, splits, model, hflip, flip_views)
+        return _device_decode_loaders(cfg, splits, model, hflip, flip_views, crop_flips)
     train_tf = model.preprocess.transform(train=True, hflip=hflip)
     eval_tf = model.preprocess.transform(train=False, hflip=False)
     common = dict(num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu", persistent_workers=cfg.num_workers > 0)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # the order; its state is in last.pt
     # flips and crops are drawn per image from the seed and the epoch (preprocess.ImageDraws), whatever the workers
     train_set = ImageDataset(splits.train, train_tf, skip_unreadable=cfg.skip_bad_images, flip_views=flip_views and hflip,
-                             seed=cfg.seed)
+                             seed=cfg.seed, crop_flips=crop_flips if hflip else 0)
     # fresh train workers each epoch: they see the epoch the dataset was set to (ImageFiles.set_epoch)
     train_common = {**common, "persistent_workers": False}
 
@@ -105,7 +108,7 @@ def make_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel,
 
 
 def _device_decode_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabelModel, hflip: bool,
-                           flip_views: bool) -> dict:
+                           flip_views: bool, crop_flips: int) -> dict:
     """--decode gpu: the same four loaders, decoding on the run's device (device_decode.py)."""
     device = torch.device(cfg.device)
     codec = image_codec(device)
@@ -113,7 +116,8 @@ def _device_decode_loaders(cfg: Config, splits: DatasetSplits, model: MultiLabel
                   num_workers=cfg.num_workers, batches=batch_sampler, skip_unreadable=cfg.skip_bad_images)
     return {
         "train": device_loader(splits.train, train=True, hflip=hflip, flip_views=flip_views,
-                               generator=torch.Generator().manual_seed(cfg.seed), seed=cfg.seed, **common),
+                               generator=torch.Generator().manual_seed(cfg.seed), seed=cfg.seed,
+                               crop_flips=crop_flips, **common),
         "train_eval": device_loader(splits.train, **common),
         "val": device_loader(splits.val, **common),
         "test": device_loader(splits.test, **common),

@@ -82,6 +82,8 @@ def protocol(results: dict) -> dict:
     patience = config.get("patience", 0)
     epochs = results.get("phase_epochs", config["epochs"])  # a phase's own length (linear_init's linear phase)
     stop = f"patience {patience}, max {epochs} ep" if patience else f"best of {epochs} ep"
+    if config.get("stop_drop"):
+        stop += f", or a drop > {config['stop_drop']:g}"
     if "linear_phase" in results:
         stop = f"linear best of {config['linear_epochs']} ep, then {stop}"
     return {
@@ -98,8 +100,10 @@ def _comparable(results: dict) -> dict:
     # A run older than a setting ran with its default: it pools with newer runs at that default.
     # The label protocol in full (its sampling seed too): runs on other observed labels are never pooled.
     # The processes of a torchrun run too: each one's BatchNorm and loss statistics see its share of the batch.
+    # The loss settings one by one, so that a row's setting names the one that differs (hyper.pseudo_labels).
     config = with_defaults(results["config"])
-    return {**{k: v for k, v in config.items() if k not in POOLABLE}, **protocol(results),
+    hyper = {f"hyper.{k}": v for k, v in config.pop("hyper", {}).items()}
+    return {**{k: v for k, v in config.items() if k not in POOLABLE}, **hyper, **protocol(results),
             "label_protocol": results.get("label_protocol"), "world_size": results.get("world_size", 1)}
 
 

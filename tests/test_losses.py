@@ -104,8 +104,8 @@ def test_role_trains_an_observed_negative_as_a_negative_of_both_f_and_g():
 
 
 def test_every_registered_loss_has_a_hand_value():
-    # role: test_role_hand_value; EM_PL, EM_PL_ASL: tests/test_vlpl.py; PU: tests/test_pu.py
-    assert set(LOSSES) - set(EXPECTED) == {"role", "EM_PL", "EM_PL_ASL", "PU"}
+    # role: test_role_hand_value; EM_PL, EM_PL_ASL: tests/test_vlpl.py; PU: tests/test_pu.py; GPR: tests/test_gpr.py
+    assert set(LOSSES) - set(EXPECTED) == {"role", "EM_PL", "EM_PL_ASL", "PU", "GPR"}
 
 
 def test_role_hand_value():
@@ -140,8 +140,9 @@ def test_registry_finite_gradients_at_large_logits_in_every_phase(name):
     if view != "observed":
         targets = torch.where(targets == 0, -1.0, targets)
     loss.attach_train_labels(targets)
-    if loss.needs_clip_scores:
-        loss.set_clip_cosines(torch.tensor([[0.3, 0.2, 0.1], [0.1, 0.3, 0.2], [0.2, 0.1, 0.3], [0.3, 0.1, 0.2]]))
+    if loss.needs_clip_scores:  # each image's cosines, for every crop it is scored on (AEVLP's DAMP: 17)
+        cosines = torch.tensor([[0.3, 0.2, 0.1], [0.1, 0.3, 0.2], [0.2, 0.1, 0.3], [0.3, 0.1, 0.2]])
+        loss.set_clip_cosines(cosines.repeat(max(loss.crop_flips, 1), 1))
     logits = torch.tensor([[30.0, -30, 30], [-30, 30, -30], [30, 30, -30], [-30, -30, 30]], requires_grad=True)
     # a loss may run the model again on the images (PU's MixUp): a linear model with |logit| up to 30
     model = torch.nn.Linear(3, 3)

@@ -108,12 +108,13 @@ def test_extract_then_linear_init(tiny, tmp_path):
     assert top["linear_phase"]["best_epoch"] >= 1 and np.isfinite(top["test_map"])
 
 
-def test_em_pl_in_a_linear_mode_gets_its_clip_pseudo_labels(tiny, tiny_clip, tmp_path):
-    """Every mode builds its loss the same way: the linear modes attach VLPL's CLIP scores too."""
+@pytest.mark.parametrize("loss", ["EM_PL", "GPR"])
+def test_clip_pseudo_labels_in_a_linear_mode(tiny, tiny_clip, tmp_path, loss):
+    """Every mode builds its loss the same way: the linear modes attach VLPL's or DAMP's CLIP scores too."""
     extract_features("digits", "digits_cnn", tiny, tiny / "images", bsize=16, pretrained=False)
     (tiny / "classes.txt").write_text("red\ngreen\nblue\n")
     out = tmp_path / "run"
-    code = main([*FAST, "--data-dir", str(tiny), "-l", "EM_PL", "--clip-model", str(tiny_clip), "-th", "0.3",
+    code = main([*FAST, "--data-dir", str(tiny), "-l", loss, "--clip-model", str(tiny_clip), "-th", "0.3",
                  "--train-mode", "linear_fixed_features", "--epochs", "2", "--out", str(out)])
     assert code == 0
     assert _results(out)["status"] == "completed"

@@ -52,6 +52,7 @@ def test_summary_mean_std_per_dataset_and_loss(tmp_path, capsys):
     ({"patience": 0}, "patience", "0"),
     ({"nus_variant": "cole"}, "nus_variant", '"cole"'),
     ({"lr": 1e-4}, "lr", "0.0001"),
+    ({"hyper": {"alpha": 0.5}}, "hyper.alpha", "0.5"),  # the loss setting that differs, not the whole dict
 ])
 def test_summary_keeps_different_protocols_apart(tmp_path, capsys, change, field, shown):
     """Runs of one dataset x loss under two protocols: one row each, naming what differs; never pooled."""

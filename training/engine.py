@@ -61,6 +61,16 @@ class TrainState:
         return out
 
 
+def stop_reason(state: TrainState, val_map: float, patience: int, stop_drop: float) -> str | None:
+    """Why training stops after the epoch that scored `val_map` (None: it goes on)."""
+    if state.should_stop(patience):
+        return f"val mAP has not improved for {patience} epoch(s)"
+    if stop_drop > 0 and state.best_val_map - val_map > stop_drop:
+        return (f"val mAP {val_map:.2f} is more than {stop_drop:g} points below the best, {state.best_val_map:.2f} "
+                f"(--stop-drop)")
+    return None
+
+
 # Steps between host syncs: reading the loss forces the CPU to wait for the GPU, so the
 # per-step losses stay on the device and are read SYNC_EVERY steps at a time.
 SYNC_EVERY = 25
@@ -234,8 +244,9 @@ def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, l
         device: torch.device, epochs: int, patience: int, threshold: float, run: RunLog,
         state: TrainState | None = None, on_epoch_end: Callable[[TrainState, bool], None] | None = None,
         options: StepOptions = StepOptions(), after_step: Callable[[], None] | None = None,
-        ema_model: nn.Module | None = None, train_model: nn.Module | None = None) -> TrainState:
-    """Train, validate and test each epoch; keep the best-val weights; stop after `patience` epochs without gain.
+        ema_model: nn.Module | None = None, train_model: nn.Module | None = None, stop_drop: float = 0.0) -> TrainState:
+    """Train, validate and test each epoch; keep the best-val weights; stop after `patience` epochs without gain,
+    or (`stop_drop` > 0) when val mAP falls more than `stop_drop` points below the best.
 
     A resumed run passes its restored `state` and continues after `state.epoch`;
     `on_epoch_end(state, improved)` runs after each epoch is logged (checkpoints);
@@ -275,7 +286,7 @@ def fit(model: nn.Module, loss_fn: SPMLLoss, optimizer: torch.optim.Optimizer, l
         log.info(epoch_line(record, epochs, improved))
         if on_epoch_end is not None:
             on_epoch_end(state, improved)
-        if state.should_stop(patience):
-            log.info(f"val mAP has not improved for {patience} epoch(s): stopping early")
+        if reason := stop_reason(state, val_map, patience, stop_drop):
+            log.info(f"{reason}: stopping early")
             break
     return state

@@ -153,7 +153,8 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
             state = fit(model, loss_fn, optimizer, loaders, device, epochs, cfg.patience, cfg.threshold, run_log,
                         state=state, on_epoch_end=save_checkpoints, options=options,
                         after_step=after_step if scheduler is not None or ema is not None else None,
-                        ema_model=ema.module if ema is not None else None, train_model=train_model)
+                        ema_model=ema.module if ema is not None else None, train_model=train_model,
+                        stop_drop=cfg.stop_drop)
         except BaseException as err:  # a NaN, Ctrl-C / SIGTERM, bad data, a full disk, a bug: never left "running"
             # Nothing of the unfinished epoch is kept: last.pt and best.pt stay as the last completed epoch left them.
             status, reason, raised = _why_stopped(err, device)
