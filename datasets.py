@@ -242,7 +242,7 @@ class ImageDataset(ImageFiles):
                  seed: int | None = None, crop_flips: int = 0):
         super().__init__(split, skip_unreadable, flip_views, seed, crop_flips)
         self.transform = transform
-        self.image_shape = (3, transform.pre.size, transform.pre.size)
+        self.image_shape = transform.shape
 
     def collate(self, batch: list):
         """A batch of the readable samples (`collate_skipping`)."""

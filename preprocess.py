@@ -93,6 +93,11 @@ class Transform:
     def random(self) -> bool:
         return self.crop or self.flip
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """What it makes of an image."""
+        return (3, self.pre.size, self.pre.size)
+
     def __call__(self, image: Image.Image, draws: ImageDraws | None = None) -> torch.Tensor:
         if self.random and draws is None:
             raise ValueError("a train transform with random steps needs the image's draws")

@@ -11,14 +11,14 @@ from PIL import Image
 
 from config import LossHyper
 from datasets import ImageDataset, Split
-from device_decode import device_loader
+from device_decode import CODECS, device_loader
 from errors import UserError
 from losses import create_loss
 from methods.aevlp.damp import CropGrid, crop_rows, damp_pseudo_labels, damp_rule
 from methods.aevlp.text_graph import TextGraph, adjacency, graph_weights, load_relation, text_relation
 from methods.vlpl import scores as clip_scores
 from methods.vlpl.towers import ClipSpec, clip_preprocess, create_clip
-from preprocess import Preprocess
+from preprocess import ImageDraws, Preprocess
 
 # --- the rule ----------------------------------------------------------------------------------------------
 
@@ -114,14 +114,23 @@ def test_a_grid_larger_than_an_image_is_refused_naming_it(tmp_path):
 
 
 def test_the_train_set_draws_each_crops_flip_and_the_rows_follow_them(small_digits):
-    """The flips packed in the view index select, per crop, the row of its orientation in the cache."""
+    """The flips packed in the view index select, per crop, the row of its orientation in the cache; they are
+    drawn per image and epoch (preprocess.ImageDraws), the same in the PIL and the --decode gpu train sets."""
     paths = np.array(sorted(str(p) for p in (small_digits / "images" / "train").iterdir())[:4])
     n, count = len(paths), 5
-    dataset = ImageDataset(Split(paths, np.zeros((n, 1), np.float32)), lambda image: torch.zeros(1),
-                           flip_views=True, crop_flips=count)
-    torch.manual_seed(0)
-    views = torch.tensor([dataset[2][2] for _ in range(200)])
-    assert ((views % n) == 2).all()
+    split, pre = Split(paths, np.zeros((n, 1), np.float32)), Preprocess(24, (0.5,) * 3, (0.5,) * 3)
+    dataset = ImageDataset(split, pre.transform(train=True, hflip=True), flip_views=True, seed=0, crop_flips=count)
+    files = device_loader(split, pre, torch.device("cpu"), CODECS["torchvision"](), 2, 0, train=True, hflip=True,
+                          flip_views=True, seed=0, crop_flips=count).dataset
+    views = []
+    for epoch in range(200):
+        dataset.set_epoch(epoch)
+        files.set_epoch(epoch)
+        views.append(dataset[2][2])
+        draws = ImageDraws(0, epoch, 2)
+        expected = 2 + n * (int(draws.flip()) + sum(int(bit) << (1 + k) for k, bit in enumerate(draws.crop_flips(count))))
+        assert views[-1] == expected and files[2][2] == expected
+    views = torch.tensor(views)
     rows = crop_rows(views, n, count, orientations=2)
     orientation, crop = rows // n // count, rows // n % count
     assert (rows % n == 2).all() and (crop == torch.arange(count)).all()
@@ -132,15 +141,6 @@ def test_the_train_set_draws_each_crops_flip_and_the_rows_follow_them(small_digi
     assert (torch.corrcoef(flips.T) - torch.eye(count + 1)).abs().max() < 0.25
     # one orientation cached (a train set that never flips): always the rows as stored
     assert torch.equal(crop_rows(views, n, count, orientations=1), crop * n + 2)
-    # --decode gpu's train set draws them the same way, after the image's own flip
-    files = device_loader(Split(paths, np.zeros((n, 1), np.float32)), Preprocess(24, (0.5,) * 3, (0.5,) * 3),
-                          torch.device("cpu"), 2, 0, train=True, hflip=True, flip_views=True, crop_flips=count).dataset
-    torch.manual_seed(0)
-    torch.rand(1)  # the image's flip
-    crop_bits = (torch.rand(count) < 0.5).tolist()
-    torch.manual_seed(0)
-    _, _, view, flipped = files[2]
-    assert view == 2 + n * (int(flipped) + sum(int(bit) << (1 + k) for k, bit in enumerate(crop_bits)))
 
 
 # --- the text graph ----------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ the step can only remove a positive. The output is in {0, 1}.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from PIL import Image
 
 from errors import UserError
 from models import IMAGENET_MEAN, IMAGENET_STD
-from preprocess import Preprocess
+from preprocess import ImageDraws, Preprocess, Transform
 
 DAMP_NORMS = ("imagenet", "clip")
 MAX_GRID = 6  # a sample's crop flips are bits of its view index (int64): 2^(g^2 + 2) x N must fit
@@ -55,12 +54,11 @@ class CropGrid:
                  for y in range(self.grid) for x in range(self.grid)]
         return [(0, 0, width, height), *tiles]
 
-    def transform(self, clip: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
+    def transform(self, clip: Preprocess) -> "CropsTransform":
         """PIL image -> (count, 3, s, s): every crop resized to CLIP's side s and normalised per `norm`."""
         if self.norm == "imagenet":
             clip = Preprocess(clip.size, IMAGENET_MEAN, IMAGENET_STD)
-        each = clip.transform(train=False, hflip=False)
-        return lambda image: torch.stack([each(image.crop(box)) for box in self.boxes(*image.size)])
+        return CropsTransform(self, clip.transform(train=False, hflip=False))
 
     def check_sizes(self, paths: np.ndarray) -> None:
         """Every image has at least `grid` pixels a side (a tile of zero pixels cannot be scored)."""
@@ -73,6 +71,17 @@ class CropGrid:
             if min(width, height) < self.grid:
                 raise UserError(f"--damp-grid {self.grid} is larger than the image {path} ({width} x {height} px): "
                                 f"every tile needs at least one pixel; pass a smaller --damp-grid")
+
+
+class CropsTransform:
+    """A PIL image -> its crops, each through `each` (deterministic: the crops are scored once, unflipped)."""
+
+    def __init__(self, grid: CropGrid, each: Transform):
+        self.grid, self.each = grid, each
+        self.shape = (grid.count, *each.shape)
+
+    def __call__(self, image: Image.Image, draws: ImageDraws | None = None) -> torch.Tensor:
+        return torch.stack([self.each(image.crop(box)) for box in self.grid.boxes(*image.size)])
 
 
 def crop_rows(index: torch.Tensor, num_examples: int, count: int, orientations: int) -> torch.Tensor:
