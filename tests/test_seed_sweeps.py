@@ -119,7 +119,7 @@ def test_sweep_script_on_digits_two_seeds(digits_master, tmp_path):
         (out / "seed2" / name).unlink()
     again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stderr.count("already completed") == 1, again.stderr[-2000:]
-    assert "killed before its first epoch ended; starting it again" in (out / "logs" / "seed2.log").read_text()
+    assert "killed before its first checkpoint was written; starting it again" in (out / "logs" / "seed2.log").read_text()
     assert json.loads((out / "seed2" / "results.json").read_text())["test_map"] == seeds[1]["test_map"]
 
 

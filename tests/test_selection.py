@@ -4,6 +4,7 @@ selection that looks at the test set gives another answer."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,11 +35,12 @@ class _NoLoss(nn.Module):
 def _scripted_fit(monkeypatch, tmp_path, scores, epochs, ema: bool, config: dict | None = None):
     """engine.fit with training skipped and every evaluation answered from `scores(epoch, weights, split)`."""
     model, ema_model = nn.Linear(2, 2), nn.Linear(2, 2)
-    loaders = {"train": object(), "train_eval": object(), "val": object(), "test": object()}
+    train = SimpleNamespace(dataset=SimpleNamespace(set_epoch=lambda epoch: None))
+    loaders = {"train": train, "train_eval": object(), "val": object(), "test": object()}
     loss = _NoLoss()
     monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **k: {"loss": 0.0, "skipped_images": 0})
 
-    def evaluate(m, loader, device, threshold, desc, options):
+    def evaluate(m, loader, device, threshold, desc, options, skipped=None):
         weights = "ema" if m is ema_model else "regular"
         split = "val" if loader is loaders["val"] else "test"
         return {"map": scores(loss.epoch, weights, split)}
