@@ -11,6 +11,7 @@ import torch
 
 from cli import parse_args
 from conftest import slice_digits
+from errors import UserError
 from fileio import load_npy
 from main import main
 from presets import DATA_ROOT
@@ -227,3 +228,18 @@ def test_progress_lines_without_a_terminal(capsys, tmp_path, small_digits, monke
                         "--out", tmp_path / "run", *FAST)
     assert code == 0, err
     assert "epoch 1 step 2/12:" in err and "images/s, loss" in err
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise UserError(f"cannot read image {index}.png: broken (re-extract it)")
+
+
+def test_an_error_met_in_a_loader_worker_is_its_own_line():
+    """PyTorch re-raises a worker's exception with the worker's whole traceback as its message."""
+    with pytest.raises(UserError) as caught:
+        next(iter(torch.utils.data.DataLoader(_Unreadable(), num_workers=1)))
+    assert str(caught.value) == "cannot read image 0.png: broken (re-extract it)"
