@@ -1,6 +1,7 @@
 """End-to-end training (backbone + classifier on images), and --eval-only of its checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Callable
@@ -35,12 +36,17 @@ def _splits_and_model(cfg: Config, saved: dict | None = None) -> tuple[DatasetSp
     return splits, model.to(torch.device(cfg.device))
 
 
+def _without_pretrained(cfg: Config) -> Config:
+    """The model of a run whose every weight a checkpoint gives: no pretrained file to read (or miss, offline)."""
+    return dataclasses.replace(cfg, pretrained=False, pretrained_weights=None)
+
+
 def train_end_to_end(cfg: Config, out: Path, init: Init | None = None) -> dict:
     """Train into the run folder `out`; returns the summary (best epoch, its val and test mAP)."""
+    resumed = cfg.resume and (out / LAST).is_file()
     # a resumed SSGRL head takes its word vectors from last.pt, as --eval-only from its checkpoint
-    resumed = cfg.resume and cfg.head == "ssgrl" and (out / LAST).is_file()
-    saved = load_checkpoint(out / LAST)["model"] if resumed else None
-    splits, model = _splits_and_model(cfg, saved)
+    saved = load_checkpoint(out / LAST)["model"] if resumed and cfg.head == "ssgrl" else None
+    splits, model = _splits_and_model(_without_pretrained(cfg) if resumed else cfg, saved)
     device = torch.device(cfg.device)
     loss_fn = build_loss(cfg, splits.train, splits.num_classes, device, cfg.epochs, image_views(cfg))
     if init is not None:
@@ -60,7 +66,7 @@ def train_end_to_end(cfg: Config, out: Path, init: Init | None = None) -> dict:
 def evaluate_checkpoint(cfg: Config) -> dict:
     """--eval-only: val and test metrics of a checkpoint's weights, written beside it."""
     ckpt = load_checkpoint(cfg.eval_only)
-    splits, model = _splits_and_model(cfg, ckpt["model"])
+    splits, model = _splits_and_model(_without_pretrained(cfg), ckpt["model"])
     load_weights(model, ckpt["model"], cfg.eval_only)
     loaders = make_loaders(cfg, splits, model)
     device = torch.device(cfg.device)

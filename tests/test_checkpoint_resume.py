@@ -6,6 +6,7 @@ stays fast on two CPU cores.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -276,3 +277,30 @@ def test_the_seed_sets_the_batch_order_of_the_linear_modes():
     first = orders(0)
     assert sorted(first[0]) == list(range(40)) and first[0] != first[1]
     assert orders(0) == first and orders(1) != first
+
+
+def test_resume_and_eval_only_read_no_pretrained_weights(small_digits, tmp_path, monkeypatch):
+    """Every weight comes from the checkpoint: the ImageNet file is not needed (offline) and not read."""
+    import models
+    from training import engine
+
+    # digits_cnn as if it had ImageNet weights: the config asks for them, and the factory says when it is asked
+    monkeypatch.setitem(models.BACKBONES, "digits_cnn", dataclasses.replace(models.BACKBONES["digits_cnn"],
+                                                                           has_pretrained=True))
+    real_backbone, asked = models.create_backbone, []
+    monkeypatch.setattr(models, "create_backbone", lambda name, pretrained, *a: asked.append(pretrained)
+                        or real_backbone(name, False, *a))
+    real = engine.train_one_epoch
+
+    def ctrl_c_at_epoch_2(*args, **kwargs):
+        if args[5] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "train_one_epoch", ctrl_c_at_epoch_2)
+        assert main(flags(small_digits, out, "--epochs", "2")) == 130
+    assert main(["--resume", str(out), "-g", "cpu"]) == 0
+    assert main(["--eval-only", str(out / BEST), "-g", "cpu"]) == 0
+    assert asked == [True, False, False]
