@@ -23,6 +23,7 @@ and the pooled features are those of the network as torchvision (timm, open_clip
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from torchvision import models as tv
 from errors import UserError
 from methods.vlpl.towers import ClipSpec, clip_preprocess, create_clip
 from preprocess import Preprocess
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,15 +77,27 @@ def register_backbone(name: str, map_side: Callable[[int], int] | None, has_pret
 
 
 def load_torchvision_weights(weights) -> dict:
-    """State dict of a torchvision weights enum entry, from the torch hub cache or the network."""
+    """State dict of a torchvision weights enum entry, from torch's hub cache ($TORCH_HOME): read there if it is
+    there, else fetched into it, never with HF_HUB_OFFLINE=1. A failed fetch leaves no folder behind."""
     cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     where = f"put {cache.name} (from {weights.url}) in {cache.parent}/, or pass --no-pretrained"
-    if not cache.is_file() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise UserError(f"pretrained weights not in the local cache and HF_HUB_OFFLINE=1: {where}")
+    if not cache.is_file():
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise UserError(f"pretrained weights not in the local cache and HF_HUB_OFFLINE=1: {where}")
+        log.info(f"{cache.name} is not in {cache.parent}: fetching it from {weights.url} (offline: {where})")
+        made = [folder for folder in (cache.parent.parent, cache.parent) if not folder.exists()]
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(cache), progress=False)
+        except Exception as err:  # no network, proxy refusal, truncated download...
+            for folder in reversed(made):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            raise UserError(f"cannot fetch pretrained weights ({type(err).__name__}): {where}") from err
     try:
-        return weights.get_state_dict(progress=False)
-    except Exception as err:  # no network, proxy refusal, truncated download...
-        raise UserError(f"cannot load pretrained weights ({type(err).__name__}): {where}") from err
+        return weights.get_state_dict(progress=False)  # from the cache: no network
+    except Exception as err:  # a damaged file
+        raise UserError(f"cannot load pretrained weights from {cache} ({type(err).__name__}): {where}") from err
 
 
 def _stride_32_ceil(side: int) -> int:

@@ -27,3 +27,29 @@ def test_resnet101_offline_names_the_weights_file(monkeypatch, tmp_path):
     name = tv.ResNet101_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
     with pytest.raises(UserError, match=f"{name}.*--no-pretrained"):
         create_backbone("resnet101", pretrained=True)
+
+
+def test_torchvision_weights_are_read_from_the_cache_or_fetched_with_nothing_left_on_failure(monkeypatch, tmp_path,
+                                                                                            capsys):
+    import urllib.error
+
+    from nets.backbones import load_torchvision_weights
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub = tmp_path / "hub"  # a TORCH_HOME that does not exist yet
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    weights = tv.ResNet18_Weights.IMAGENET1K_V1
+    name = weights.url.rsplit("/", 1)[-1]
+    with pytest.raises(UserError, match=f"cannot fetch pretrained weights \\(URLError\\): put {name} .* in {hub}"):
+        load_torchvision_weights(weights)
+    assert not hub.exists() and "Downloading" not in capsys.readouterr().err
+    # placed by hand, the file is read from the cache; the network is never asked
+    (hub / "checkpoints").mkdir(parents=True)
+    state = tv.resnet18(weights=None).state_dict()
+    torch.save(state, hub / "checkpoints" / name)
+    assert load_torchvision_weights(weights).keys() == state.keys()
