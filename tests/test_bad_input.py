@@ -219,15 +219,20 @@ def test_default_digits_folder_is_the_only_one_built(tmp_path):
 
 
 def test_progress_lines_without_a_terminal(capsys, tmp_path, small_digits, monkeypatch):
-    """A batch job's log (no terminal, no progress bar) still shows the epoch moving: step, images/s, loss."""
+    """A batch job's log (no terminal, no progress bar) still shows training and evaluation moving: step,
+    images/s and the loss once read, at the time interval whatever the step time or the loss reads."""
     from training import engine
 
-    monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.0)
-    monkeypatch.setattr(engine, "SYNC_EVERY", 2)
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.0)  # every step is a minute late
+    monkeypatch.setattr(engine, "SYNC_EVERY", 5)
     code, err = run_cli(capsys, "--data-dir", small_digits, "-l", "EM", "--bsize", "8", "--epochs", "1",
                         "--out", tmp_path / "run", *FAST)
     assert code == 0, err
-    assert "epoch 1 step 2/12:" in err and "images/s, loss" in err
+    lines = [line for line in err.splitlines() if " images/s" in line]
+    assert [line.split(":")[0] for line in lines if line.startswith("epoch 1")] == \
+        [f"epoch 1 step {step}/12" for step in range(1, 13)]
+    assert lines[3].endswith("images/s") and "images/s, loss" in lines[4]  # losses read after step 5
+    assert "val step 3/3:" in err and "test step 8/8:" in err  # 24 val and 60 test images, batch 8
 
 
 class _Unreadable(torch.utils.data.Dataset):

@@ -79,18 +79,22 @@ PROGRESS_EVERY_S = 60.0
 
 
 class _Progress:
-    """A log line every PROGRESS_EVERY_S seconds (step, images/s, mean loss) when tqdm's bar is off."""
+    """Without a terminal (a batch job's log, where tqdm's bar is off), a log line at least every
+    PROGRESS_EVERY_S seconds, whatever the step time: the pass, its step, images/s and, in training,
+    the mean loss of the steps read so far. Checked every step: a clock read, no host sync."""
 
-    def __init__(self, bar: tqdm, epoch: int, steps: int):
-        self.on, self.epoch, self.steps = bar.disable, epoch, steps
+    def __init__(self, bar: tqdm, what: str, steps: int):
+        self.on, self.what, self.steps = bar.disable, what, steps
         self.started = self.last = time.perf_counter()
 
-    def update(self, step: int, seen: int, mean_loss: float) -> None:
+    def update(self, step: int, seen: int, mean_loss: float | None = None) -> None:
+        if not self.on:
+            return
         now = time.perf_counter()
-        if self.on and now - self.last >= PROGRESS_EVERY_S:
+        if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
-            log.info(f"epoch {self.epoch} step {step}/{self.steps}: {seen / (now - self.started):.1f} images/s, "
-                     f"loss {mean_loss:.4f}")
+            loss = "" if mean_loss is None else f", loss {mean_loss:.4f}"
+            log.info(f"{self.what} step {step}/{self.steps}: {seen / (now - self.started):.1f} images/s{loss}")
 
 
 def _read_losses(window: list[torch.Tensor], steps: list[int], names: list[str], totals: dict[str, float],
@@ -129,7 +133,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
     window_steps: list[int] = []
     names: list[str] = []
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=distributed.bar_disabled())
-    progress = _Progress(bar, epoch, len(loader))
+    progress = _Progress(bar, f"epoch {epoch}", len(loader))
     for step, (images, targets, index) in enumerate(bar, start=1):
         stop.raise_pending()
         seen += len(index)
@@ -169,7 +173,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: SPMLLoss, opt
         if len(window) == SYNC_EVERY:
             _read_losses(window, window_steps, names, totals, epoch)
             bar.set_postfix(loss=f"{totals['loss'] / step:.4f}")
-            progress.update(step, seen, totals["loss"] / step)
+        read = step - len(window)  # the steps whose losses were read
+        progress.update(step, seen, totals["loss"] / read if read else None)
     if window:
         _read_losses(window, window_steps, names, totals, epoch)
     steps = max(len(loader), 1)
@@ -203,8 +208,12 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, desc: st
     num_classes = loader.dataset.labels.shape[1]
     with torch.inference_mode():
         scores, rows = [], []
-        for images, _, index in tqdm(loader, desc=desc, leave=False, disable=distributed.bar_disabled()):
+        bar = tqdm(loader, desc=desc, leave=False, disable=distributed.bar_disabled())
+        progress, seen = _Progress(bar, desc, len(loader)), 0
+        for step, (images, _, index) in enumerate(bar, start=1):
             stop.raise_pending()
+            seen += len(index)
+            progress.update(step, seen)
             if len(index) == 0:  # every image of the batch was unreadable
                 continue
             with options.autocast(device):
