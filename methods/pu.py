@@ -7,21 +7,26 @@ Per class c, over the batch of B images (logits z, observed labels y):
     T_c   = clamp(alpha * std_c(z), TEMPERATURE_FLOOR, 1)      population std, no gradient
     q_ic  = sigmoid(z_ic / T_c)                                 the temperature is used only here
     w_c   = (mean_i q_ic)^gamma                                 the re-balance factor, no gradient
-    L_var = sum_c [ w_c log(mean_i q_ic + eps) - mean_{i: y_ic = +1} log(q_ic + eps) ]
+    L_var = sum_c [ w_c log(mean_i q_ic + 2 eps) - mean_{i: y_ic = +1} log(q_ic + 2 eps) ]
 
 The unlabeled set is the whole batch and only "y == +1" is read, so an observed
 negative (-1) trains exactly as an unknown (0): the PU premise. A class without a
 positive in the batch has no positive term. The sum runs over classes, as the
 authors' code (its scale grows with C).
 
-    t_ic  = 1 if y_ic = +1 else sigmoid(z_ic)                   not detached, as VPU's code
+    t_ic  = 1 if y_ic = +1 else sigmoid(z_ic) + eps             not detached, as VPU's code
     x~_k  = lam x_{A,pi(k)} + (1 - lam) x_{B,k}                 halves A = 0..h-1, B = ceil(B/2)..B-1
     L_reg = sum_c mean_k ( log(t~_kc + eps) - log(sigmoid(model(x~)_kc) + eps) )^2
 
 with h = floor(B / 2) (an odd batch leaves its middle image out, as the authors'
-code), lam ~ Beta(mix_alpha, mix_alpha) and pi a permutation of half A, both drawn
-per step from PyTorch's global CPU generator (checkpointed, so a resumed run draws
-the same). The total is L_var + reg_weight * L_reg.
+code), pi a permutation of half A and then lam ~ Beta(mix_alpha, mix_alpha), in the
+authors' order, both drawn per step from PyTorch's global CPU generator (checkpointed, so
+a resumed run draws the same). The total is L_var + reg_weight * L_reg.
+
+The epsilons are the authors' to the digit, which matters where the adaptive temperature
+(T_c down to 0.01) saturates a sigmoid below about 1e-8: their L_var takes
+log(exp(log(x + eps)) + eps) = log(x + 2 eps) in both terms, and their soft targets are
+sigmoid + eps before mixing.
 
 Under torchrun both terms are over the global batch, as in one process (the registry's
 `whole_batch`): each process gathers the batch's logits and images, runs its share of
@@ -43,6 +48,7 @@ from config import LossHyper
 from methods.base import ONE_PROCESS, SPMLLoss, Terms, WholeBatch
 
 EPSILON = 1e-10  # inside the logs, as the authors' code
+VAR_EPSILON = 2 * EPSILON  # L_var's: the authors take log(exp(log(x + eps)) + eps)
 # The lowest temperature: reached only when alpha x std < 0.01, i.e. a class whose logits are
 # (nearly) equal over the batch, where the authors' code divides by zero.
 TEMPERATURE_FLOOR = 1e-2
@@ -64,8 +70,8 @@ def pu_variational(logits: torch.Tensor, targets: torch.Tensor, alpha: float, ga
         rebalance = unlabeled_mean ** gamma
     # 1 / n_P for classes with positives, 0 (no positive term) for the others: no division by zero
     per_positive = positive.sum(dim=0).reciprocal().nan_to_num(posinf=0.0)
-    positive_term = (positive * torch.log(q + EPSILON)).sum(dim=0) * per_positive
-    return (rebalance * torch.log(unlabeled_mean + EPSILON) - positive_term).sum()
+    positive_term = (positive * torch.log(q + VAR_EPSILON)).sum(dim=0) * per_positive
+    return (rebalance * torch.log(unlabeled_mean + VAR_EPSILON) - positive_term).sum()
 
 
 def mixup_halves(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +88,8 @@ def pu_mixup_regulariser(forward: Callable[[torch.Tensor], torch.Tensor], images
     first, second = mixup_halves(len(images))
     first, second = first.to(images.device), second.to(images.device)
     perm = perm.to(images.device)
-    soft = torch.where(targets == 1, torch.ones_like(logits, dtype=torch.float32), torch.sigmoid(logits.float()))
+    soft = torch.where(targets == 1, torch.ones_like(logits, dtype=torch.float32),
+                       torch.sigmoid(logits.float()) + EPSILON)
     mine = whole.part(len(second))
     mixed_images = lam * images[first[perm][mine]] + (1 - lam) * images[second[mine]]
     mixed_targets = lam * soft[first][perm] + (1 - lam) * soft[second]
@@ -111,8 +118,8 @@ class PULoss(SPMLLoss):
         if half == 0 or self.reg_weight == 0:
             return {"reg": torch.zeros((), device=logits.device)}
         # drawn on the CPU generator whatever the device: the same draws on CPU and GPU runs (and on every process)
+        perm = torch.randperm(half)  # before lam, as the authors' code draws them
         lam = float(torch.distributions.Beta(self.mix_alpha, self.mix_alpha).sample())
-        perm = torch.randperm(half)
         return {"reg": self.reg_weight * pu_mixup_regulariser(model, whole.gather(images), logits, targets, lam, perm,
                                                               whole)}
 

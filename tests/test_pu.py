@@ -25,6 +25,11 @@ def log_(x: float) -> float:
     return math.log(x + EPSILON)
 
 
+def log_var(x: float) -> float:
+    """L_var's log: the authors' log(exp(log(x + eps)) + eps)."""
+    return math.log(math.exp(math.log(x + EPSILON)) + EPSILON)
+
+
 def pop_std(values: list[float]) -> float:
     mean = sum(values) / len(values)
     return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
@@ -43,10 +48,41 @@ def test_variational_hand_value():
         q = [sig(z / temp) for z in column]
         mean_q = sum(q) / 3
         positives = [q[i] for i in range(3) if TARGETS[i][c] == 1]
-        positive_term = sum(log_(v) for v in positives) / len(positives) if positives else 0.0
-        expected += mean_q ** gamma * log_(mean_q) - positive_term
+        positive_term = sum(log_var(v) for v in positives) / len(positives) if positives else 0.0
+        expected += mean_q ** gamma * log_var(mean_q) - positive_term
     value = pu_variational(torch.tensor(LOGITS), torch.tensor(TARGETS), alpha, gamma)
     assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_saturated_sigmoids_take_the_authors_epsilons():
+    """At z / T = -30 (q about 1e-13, common with T down to 0.01) the epsilons decide the value: L_var's
+    logs are log(q + 2e-10), the MixUp soft targets sigmoid + 1e-10."""
+    logits = torch.tensor([[-0.3, 0.0], [0.3, 0.0]])  # class 0: std .3, T = .01 at alpha 1/30: z / T = -30, 30
+    targets = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    q = [sig(-30.0), sig(30.0)]
+    expected = ((q[0] + q[1]) / 2) ** 0.5 * log_var((q[0] + q[1]) / 2) - log_var(q[0])
+    expected += 0.5 ** 0.5 * log_var(0.5)  # class 1: equal logits, the floor temperature, q = .5
+    assert pu_variational(logits, targets, 1 / 30, 0.5).item() == pytest.approx(expected, rel=1e-6)
+    # an unlabeled entry far below: its soft target is 1e-10, not 0 (log(0 + eps) vs log(2 eps))
+    images, far = torch.tensor([[0.0], [0.0]]), torch.tensor([[-40.0], [-40.0]])
+    value = pu_mixup_regulariser(lambda x: x, images, far, torch.zeros(2, 1), 0.5, torch.tensor([0]))
+    assert value.item() == pytest.approx((log_(sig(-40.0) + EPSILON) - log_(0.5)) ** 2, rel=1e-6)
+
+
+def test_mixup_draws_the_permutation_then_lam(monkeypatch):
+    """The authors' order of draws on one generator: randperm(h), then Beta(alpha, alpha)."""
+    import methods.pu as pu
+
+    torch.manual_seed(3)
+    perm = torch.randperm(3)
+    lam = float(torch.distributions.Beta(0.3, 0.3).sample())
+    drawn = []
+    monkeypatch.setattr(pu, "pu_mixup_regulariser", lambda forward, images, logits, targets, lam, perm, whole:
+                        drawn.append((lam, perm)) or torch.zeros(()))
+    torch.manual_seed(3)
+    PULoss(alpha=1.0, gamma=0.55, mix_alpha=0.3, reg_weight=1.0).extra_terms(
+        torch.nn.Identity(), torch.zeros(6, 2), torch.zeros(6, 2), torch.zeros(6, 2), None)
+    assert drawn[0][0] == lam and torch.equal(drawn[0][1], perm)
 
 
 def test_temperature_clamps_at_one_and_at_the_floor_and_carries_no_gradient():
@@ -77,7 +113,7 @@ def test_class_without_positive_has_only_the_unlabeled_term():
     logits = torch.tensor([[0.5], [-0.5]])
     value = pu_variational(logits, torch.zeros(2, 1), alpha=1.0, gamma=0.0)  # gamma 0: w = 1
     q = [sig(0.5 / 0.5), sig(-0.5 / 0.5)]
-    assert value.item() == pytest.approx(log_(sum(q) / 2), rel=1e-6)
+    assert value.item() == pytest.approx(log_var(sum(q) / 2), rel=1e-6)
 
 
 def test_regulariser_hand_value_odd_batch_leaves_the_middle_out():
@@ -86,8 +122,8 @@ def test_regulariser_hand_value_odd_batch_leaves_the_middle_out():
     targets = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -1.0]])
     lam = 0.25
     value = pu_mixup_regulariser(lambda x: 2 * x, images, logits, targets, lam, torch.tensor([0]))
-    soft0 = [1.0, sig(0.0)]
-    soft2 = [sig(0.0), sig(2.0)]
+    soft0 = [1.0, sig(0.0) + EPSILON]  # the authors' soft targets: sigmoid + eps, positives 1
+    soft2 = [sig(0.0) + EPSILON, sig(2.0) + EPSILON]
     expected = 0.0
     for c in range(2):
         mixed_target = lam * soft0[c] + (1 - lam) * soft2[c]
@@ -103,7 +139,7 @@ def test_regulariser_applies_the_permutation_to_half_a():
     targets = torch.tensor([[1.0], [0.0], [0.0], [1.0]])
     lam = 0.6
     value = pu_mixup_regulariser(lambda x: x, images, logits, targets, lam, torch.tensor([1, 0]))
-    soft = [1.0, sig(-0.7), sig(1.1), 1.0]
+    soft = [1.0, sig(-0.7) + EPSILON, sig(1.1) + EPSILON, 1.0]
     expected = 0.0
     for k, a in enumerate([1, 0]):  # pairs (A[pi(k)], B[k]) = (1, 2), (0, 3)
         b = 2 + k
