@@ -41,10 +41,17 @@ def cooccurrence_graph(targets: np.ndarray) -> np.ndarray:
 
 
 def load_word_vectors(path, num_classes: int) -> np.ndarray:
+    """The (num_classes, D) float32 class word vectors of `path`; anything else is one line naming what is wrong."""
     vectors = load_npy(path, "pass a (num_classes, D) .npy of class word vectors, e.g. GloVe, in class order")
-    if vectors.ndim != 2 or vectors.shape[0] != num_classes or not np.isfinite(vectors).all():
-        raise UserError(f"--word-vectors {path}: expected a finite ({num_classes}, D) array, one row per class, "
-                        f"got shape {vectors.shape}")
+    if vectors.dtype.kind not in "fiu":
+        raise UserError(f"--word-vectors {path} holds {vectors.dtype} values, not numbers: save the vectors as a "
+                        f"float array of shape ({num_classes}, D)")
+    if vectors.ndim != 2 or vectors.shape[0] != num_classes or vectors.shape[1] == 0:
+        raise UserError(f"--word-vectors {path} has shape {vectors.shape}; expected ({num_classes}, D) with D >= 1, "
+                        f"one row per class")
+    if not np.isfinite(vectors).all():
+        row = int(np.argwhere(~np.isfinite(vectors))[0][0])
+        raise UserError(f"--word-vectors {path} holds NaN or infinite values (first in row {row}); re-export them")
     return vectors.astype(np.float32)
 
 

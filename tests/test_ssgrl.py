@@ -14,7 +14,7 @@ from errors import UserError
 from main import main
 from models import MultiLabelModel, create_backbone
 from nets.lgconv import convert_to_lgconv
-from nets.ssgrl import SSGRLHead, cooccurrence_graph
+from nets.ssgrl import SSGRLHead, cooccurrence_graph, load_word_vectors
 
 
 def test_graph_hand_values_and_unseen_classes():
@@ -119,3 +119,16 @@ def test_checkpoints_carry_their_word_vectors(small_digits, tmp_path, monkeypatc
     assert main(["--eval-only", str(out / "best.pt"), "-g", "cpu"]) == 0
     scored = json.loads((out / "eval_best.json").read_text())
     assert scored["test"]["map"] == pytest.approx(results["test_map"], abs=1e-9)
+
+
+@pytest.mark.parametrize("vectors, match", [
+    (np.array([["a", "b"]] * 3), "holds <U1 values, not numbers"),
+    (np.zeros((3, 0), np.float32), r"has shape \(3, 0\); expected \(3, D\) with D >= 1"),
+    (np.zeros((2, 4), np.float32), r"has shape \(2, 4\); expected \(3, D\)"),
+    (np.array([[0.0, 1.0], [np.nan, 0.0], [0.0, 0.0]], np.float32), "NaN or infinite values \\(first in row 1\\)"),
+])
+def test_bad_word_vectors_are_one_line_each(tmp_path, vectors, match):
+    path = tmp_path / "vectors.npy"
+    np.save(path, vectors)
+    with pytest.raises(UserError, match=match):
+        load_word_vectors(path, 3)
