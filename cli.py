@@ -26,6 +26,7 @@ from preproc.generate_observed_labels import label_protocol
 from presets import (
     DEFAULT_CLIP_MODEL,
     LINEAR_EPOCHS,
+    PRESET_DEPENDENTS,
     PRESETS,
     REPO_ROOT,
     RUN_PRESETS,
@@ -239,36 +240,47 @@ def _classifier_lr_mult(args: argparse.Namespace, default: float) -> float:
 
 
 def _with_preset(argv: list[str] | None) -> list[str]:
-    """`argv` behind the flags of its --preset, if it has one: argparse keeps the last value, so the user's win."""
+    """`argv` behind the flags of its --preset, if it has one: argparse keeps the last value, so the user's win;
+    a preset flag that serves another the user gives another value goes (presets.PRESET_DEPENDENTS)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    finder = argparse.ArgumentParser(add_help=False)
+    finder = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     finder.add_argument("--preset", choices=sorted(RUN_PRESETS))
-    finder.add_argument("--head")
-    found = finder.parse_known_args(argv)[0]
-    name = found.preset
+    for flag in PRESET_DEPENDENTS:
+        finder.add_argument(*(("-d", flag) if flag == "--dataset" else (flag,)))
+    mine = vars(finder.parse_known_args(argv)[0])
+    name = mine.pop("preset", None)
     if name is None:
         return argv
     flags = list(RUN_PRESETS[name].flags)
-    # the two batch flags exclude each other: the user's choice stands
-    for mine, theirs in (("--bsize", "--per-gpu-bsize"), ("--per-gpu-bsize", "--bsize")):
-        if any(arg == mine or arg.startswith(mine + "=") for arg in argv) and theirs in flags:
-            del flags[flags.index(theirs):flags.index(theirs) + 2]
-    # another head than the preset's: the preset's options of its own head go with it
-    for theirs, head in (("--boost-alpha", "boostlu"), ("--word-vectors", "ssgrl")):
-        if found.head not in (None, head) and theirs in flags:
-            del flags[flags.index(theirs):flags.index(theirs) + 2]
+    theirs = vars(finder.parse_known_args(flags)[0])
+    for flag, dependents in PRESET_DEPENDENTS.items():
+        dest = flag.lstrip("-").replace("-", "_")
+        if dest in mine and mine[dest] != theirs.get(dest):
+            for dependent in dependents:
+                if dependent in flags:
+                    del flags[flags.index(dependent):flags.index(dependent) + 2]
     log.info(f"--preset {name}: {' '.join(flags)}")
     return [*flags, *argv]
 
 
 def _check_preset_labels(preset: str, dataset: str, data_dir: Path) -> None:
     """A preset reproduces a label protocol: refuse a data folder that holds another one."""
+    if not (data_dir / "formatted_train_labels.npy").is_file():
+        raise UserError(f"--preset {preset}: {data_dir} holds no formatted dataset; {how_to_prepare(dataset, data_dir)}")
     wanted, found = RUN_PRESETS[preset].labels, label_protocol(data_dir)
     if any(found.get(key) != value for key, value in wanted.items()):
-        flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in wanted.items() if key != "protocol")
-        raise UserError(f"--preset {preset} trains on the authors' observed labels ({flags}), but {data_dir} holds "
-                        f"{found.get('protocol')} labels: run `python -m preproc.generate_observed_labels --dataset "
-                        f"{dataset} --data-dir {data_dir} {flags}` (or point --data-dir at a folder that has them)")
+        defaults = {"num_pos": 1, "num_neg": 0}  # the sampler's own: the command need not repeat them
+        flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in wanted.items()
+                         if key != "protocol" and defaults.get(key) != value)
+        sample = f"python -m preproc.generate_observed_labels --dataset {dataset} --data-dir"
+        if found.get("protocol", "").startswith("unrecorded"):  # sampled before the protocol was recorded
+            fix = f"run `{sample} {data_dir} {flags}`".rstrip() + " (it records the protocol with the labels)"
+        else:  # sampling in place would replace the labels the folder's other runs trained on: a copy
+            copy = data_dir.with_name(f"{data_dir.name}_{preset}")
+            fix = f"sample them into a copy: `cp -r {data_dir} {copy} && {sample} {copy} {flags}`".rstrip() + \
+                f", then pass --data-dir {copy}"
+        raise UserError(f"--preset {preset} trains on the authors' observed labels ({wanted['protocol']}, {flags}), but "
+                        f"{data_dir} holds {found.get('protocol')} labels: {fix}")
 
 
 def available_cores() -> int:

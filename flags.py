@@ -64,6 +64,14 @@ def _number(kind, low=None, high=None, low_open=False, high_open=False):
     return parse
 
 
+def _scale_size(text: str) -> int | None:
+    """--scale-size: a side of at least 2 px, or 0 for none (the off form beside a preset that sets one)."""
+    value = _number(int, 0, None)(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (off) or >= 2, got {text}")
+    return value or None
+
+
 def _range_text(low, high, low_open, high_open) -> str:
     if high is None:
         return f"{'>' if low_open else '>='} {low:g}"
@@ -88,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a benchmark ({', '.join(sorted(PRESETS))}), or the name of a dataset of your own in "
                         f"--data-dir, run with neutral defaults (default: digits)")
     p.add_argument("--preset", choices=sorted(RUN_PRESETS),
-                   help="a published command in one flag; flags given beside it override its values: "
+                   help="a published command in one flag; flags given beside it override its values (every switch has an off "
+                        "form: --no-lgconv, --ema 0, --scale-size 0, ...), and --dataset, --head, --sched or a batch "
+                        "flag given beside it drops the preset's flags that served its own value: "
                         + "; ".join(f"{name}: {preset.help} ({' '.join(preset.flags)})"
                                     for name, preset in RUN_PRESETS.items()))
     p.add_argument("-l", "--loss", default=_default_loss(), choices=list(LOSSES), help=loss_help)
@@ -216,13 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--sched-epochs", type=_positive_int,
                     help="epochs the onecycle schedule is sized for; training still stops at --epochs, "
                          "as the authors' cut-off of an 80-epoch schedule (default: --epochs)")
-    rc.add_argument("--ema", type=_number(float, 0.0, 1.0, True, True), metavar="DECAY",
+    rc.add_argument("--ema", type=_number(float, 0.0, 1.0, high_open=True), metavar="DECAY",
                     help="keep an EMA of the weights (decay per step, e.g. 0.9997); both the regular and the EMA "
-                         "weights are scored every epoch and the better on val is kept (default: off)")
-    rc.add_argument("--freeze-bn", action="store_true",
+                         "weights are scored every epoch and the better on val is kept; 0: none (default: off)")
+    rc.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
                     help="run every BatchNorm in eval mode while training too: running statistics never change, "
                          "the affine weights still learn (the authors' recipe) (default: off)")
-    rc.add_argument("--report-test-oracle", action="store_true",
+    rc.add_argument("--report-test-oracle", action=argparse.BooleanOptionalAction, default=False,
                     help="also report the best test mAP over every epoch and both weights (regular, EMA), chosen "
                          "on the test set as PU-MLC's code reports it; labelled as such, never used to select "
                          "(default: off)")
@@ -233,12 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--crop-size", type=_positive_int, metavar="PX",
                     help="image side the model sees, at train and test time (default: the backbone's, 448 for "
                          "the ResNets)")
-    rc.add_argument("--scale-size", type=_number(int, 2, None), metavar="PX",
+    rc.add_argument("--scale-size", type=_scale_size, metavar="PX",
                     help="PU-MLC's augmentation: resize to PX x PX, crop a random square of side PX, PX-64, ... "
                          "down to PX/2, resize it to --crop-size, flip; every resize bicubic, at test time too "
-                         "(the authors: 512) (default: off, a plain resize)")
+                         "(the authors: 512); 0: off (default: off, a plain resize)")
     bb = p.add_argument_group("PU-MLC backbone (Yuan et al. 2024)")
-    bb.add_argument("--lgconv", action="store_true",
+    bb.add_argument("--lgconv", action=argparse.BooleanOptionalAction, default=False,
                     help="wrap every 3x3 conv of a ResNet backbone with a parallel global branch that starts near "
                          "zero (the local-global convolution), after the pretrained weights are loaded")
     hd = p.add_argument_group("the head: what turns the backbone's feature map into logits")

@@ -122,6 +122,18 @@ class RunPreset:
     help: str
 
 
+# A preset's flag that serves the value of another (its data paths serve its dataset, its word vectors and
+# alpha its head, its schedule length its schedule): given beside the preset with another value, that other
+# flag takes these preset flags with it, so that the user's choice stands alone.
+PRESET_DEPENDENTS: dict[str, tuple[str, ...]] = {
+    "--dataset": ("--data-dir", "--image-root", "--word-vectors", "--expected-pos"),
+    "--head": ("--boost-alpha", "--word-vectors"),
+    "--sched": ("--sched-epochs",),
+    "--bsize": ("--per-gpu-bsize",),  # the two batch flags exclude each other
+    "--per-gpu-bsize": ("--bsize",),
+}
+
+
 def _pumlc(dataset: str, data_dir: Path, image_root: Path | None, vectors: Path, per_gpu_bsize: int, lr: float,
            epochs: int, ema: float, pu_alpha: float, pu_gamma: float) -> tuple[str, ...]:
     """PU-MLC's README command (Yuan, Zhang, Huang, ICME 2024) in spml's flags.

@@ -59,7 +59,9 @@ def test_help_prints_each_preset_expansion(capsys):
 def test_a_preset_refuses_observed_labels_of_another_protocol(single_positive, tmp_path):
     (single_positive / "observed_labels.json").write_text(json.dumps(
         {"protocol": "known_ratio", "known_ratio": 0.1, "seed": 0}))
-    with pytest.raises(UserError, match="--num-pos 1 --num-neg 0 --seed 1200"):
+    with pytest.raises(UserError, match=r"observed labels \(single_positive, --seed 1200\), but .* holds known_ratio "
+                                        r"labels: sample them into a copy: .*generate_observed_labels --dataset pascal "
+                                        r"--data-dir \S+ --seed 1200`"):
         parse_args(["--preset", "aevlp-pascal", *FAST, "--data-dir", str(single_positive), "--out", str(tmp_path / "run")])
 
 

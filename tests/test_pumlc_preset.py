@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from cli import parse_args
+from cli import _check_preset_labels, _with_preset, parse_args
 from conftest import slice_digits
 from errors import UserError
 from main import main
+from preproc.generate_observed_labels import generate_observed_labels
 from preproc.generate_observed_labels import generate_observed_labels
 
 
@@ -66,3 +67,39 @@ def test_the_preset_pipeline_runs_on_digits(known_ratio_digits, tmp_path):
     parameters = results["parameters"]
     assert 0 < parameters["trainable"] < parameters["total"]
     assert results["config"]["preset"] == "pumlc-voc2007"
+
+
+def test_preset_switches_have_off_forms_and_take_their_dependents_with_them(known_ratio_digits, tmp_path):
+    """Every switch a preset sets has an off form, and a flag given beside the preset with another value
+    drops the preset flags that only served its value (the schedule's length, the head's vectors, the
+    dataset's paths)."""
+    off = parse_args(["--preset", "pumlc-voc2007", "-g", "cpu", "--data-dir", str(known_ratio_digits), "--no-lgconv", "--no-freeze-bn", "--no-report-test-oracle", "--sched", "none",
+                      "--ema", "0", "--head", "linear", "--train-scope", "all", "--scale-size", "0",
+                      "--out", str(tmp_path / "a")])
+    assert (off.lgconv, off.freeze_bn, off.report_test_oracle, off.sched, off.sched_epochs, off.ema) == \
+        (False, False, False, "none", 0, 0.0)
+    assert (off.head, off.word_vectors, off.train_scope, off.scale_size) == ("linear", None, "all", None)
+    # -d digits beside the VOC preset: the preset's data/voc2007 paths and vectors go (digits' own folder then)
+    expanded = _with_preset(["--preset", "pumlc-voc2007", "-d", "digits"])
+    assert "--data-dir" not in expanded and "--word-vectors" not in expanded and expanded[-2:] == ["-d", "digits"]
+    assert "--sched-epochs" in _with_preset(["--preset", "pumlc-voc2007", "--sched", "onecycle"])  # the same value
+    assert "--per-gpu-bsize" not in _with_preset(["--preset", "pumlc-voc2007", "--bsize=16"])
+
+
+def test_a_preset_on_a_folder_without_its_labels_says_how_to_get_them(tmp_path, small_digits, digits_dir):
+    empty = tmp_path / "voc2007"
+    empty.mkdir()
+    with pytest.raises(UserError, match=f"--preset pumlc-voc2007: {empty} holds no formatted dataset; see "
+                                        f"data/voc2007/README.md to download and format it"):
+        _check_preset_labels("pumlc-voc2007", "voc2007", empty)
+    sample = "python -m preproc.generate_observed_labels --dataset digits --data-dir"
+    wanted = "--known-ratio 0.1 --seed 0"
+    # labels sampled before the protocol was recorded: sampling in place is the fix
+    with pytest.raises(UserError, match=f"holds unrecorded .* labels: run `{sample} {small_digits} {wanted}` "):
+        _check_preset_labels("pumlc-voc2007", "digits", small_digits)
+    # another recorded protocol: the folder's labels serve other runs, so the fix samples into a copy
+    generate_observed_labels(digits_dir)
+    copy = digits_dir.with_name("digits_pumlc-voc2007")
+    with pytest.raises(UserError, match=f"holds single_positive labels: sample them into a copy: `cp -r {digits_dir} "
+                                        f"{copy} && {sample} {copy} {wanted}`, then pass --data-dir {copy}$"):
+        _check_preset_labels("pumlc-voc2007", "digits", digits_dir)
