@@ -23,8 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as F
 
 CROP_STEP = 64  # the authors' crop sides are a multiple of 64 apart
 
@@ -86,8 +84,13 @@ class Transform:
 
     def __init__(self, pre: Preprocess, crop: bool, flip: bool):
         self.pre, self.crop, self.flip = pre, crop, flip
+
+    @property
+    def interpolation(self):
+        # torchvision here, not at import: `import torchvision` costs seconds (torch._dynamo), and `main.py -h` needs none
+        from torchvision.transforms import InterpolationMode
         # the authors' multi-scale pipeline resizes bicubic, at test time too
-        self.interpolation = InterpolationMode.BILINEAR if pre.scale is None else InterpolationMode.BICUBIC
+        return InterpolationMode.BILINEAR if self.pre.scale is None else InterpolationMode.BICUBIC
 
     @property
     def random(self) -> bool:
@@ -101,12 +104,13 @@ class Transform:
     def __call__(self, image: Image.Image, draws: ImageDraws | None = None) -> torch.Tensor:
         if self.random and draws is None:
             raise ValueError("a train transform with random steps needs the image's draws")
-        pre = self.pre
+        from torchvision.transforms import functional as F  # as in `interpolation`
+        pre, interpolation = self.pre, self.interpolation
         if self.crop:
-            image = F.resize(image, [pre.scale, pre.scale], self.interpolation)
+            image = F.resize(image, [pre.scale, pre.scale], interpolation)
             side, top, left = draws.square_crop(crop_sides(pre.scale), pre.scale)
             image = F.crop(image, top, left, side, side)
-        image = F.resize(image, [pre.size, pre.size], self.interpolation)
+        image = F.resize(image, [pre.size, pre.size], interpolation)
         if self.flip and draws.flip():
             image = F.hflip(image)
         return F.normalize(F.to_tensor(image), pre.mean, pre.std)

@@ -31,7 +31,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torchvision import models as tv
 
 from errors import UserError
 from methods.vlpl.towers import ClipSpec, clip_preprocess, create_clip
@@ -119,11 +118,12 @@ def _resnet_pool(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
     return torch.flatten(net.avgpool(fmap), 1)  # as torchvision's forward (its fc is removed)
 
 
-def _torchvision_resnet(arch: str, weights_enum, pretrained: bool) -> Backbone:
+def _torchvision_resnet(arch: str, pretrained: bool) -> Backbone:
+    from torchvision import models as tv  # here, not at import: `import torchvision` costs seconds (torch._dynamo)
     net = getattr(tv, arch)(weights=None)
     if pretrained:
         # IMAGENET1K_V1 is what `pretrained=True` loaded in the reference code.
-        net.load_state_dict(load_torchvision_weights(weights_enum.IMAGENET1K_V1))
+        net.load_state_dict(load_torchvision_weights(getattr(tv, f"ResNet{arch[6:]}_Weights").IMAGENET1K_V1))
     dim = net.fc.in_features
     net.fc = nn.Identity()  # the torchvision forward ends with global average pooling + flatten
     return Backbone(net, dim, Preprocess(448, IMAGENET_MEAN, IMAGENET_STD), _resnet_map, _resnet_pool)
@@ -131,18 +131,18 @@ def _torchvision_resnet(arch: str, weights_enum, pretrained: bool) -> Backbone:
 
 @register_backbone("resnet50", map_side=_stride_32_ceil)
 def _resnet50(pretrained: bool) -> Backbone:
-    return _torchvision_resnet("resnet50", tv.ResNet50_Weights, pretrained)
+    return _torchvision_resnet("resnet50", pretrained)
 
 
 @register_backbone("resnet101", map_side=_stride_32_ceil)
 def _resnet101(pretrained: bool) -> Backbone:
     """PU-MLC's backbone (Yuan et al. 2024): torchvision's ImageNet V1 weights, as the authors' URL table."""
-    return _torchvision_resnet("resnet101", tv.ResNet101_Weights, pretrained)
+    return _torchvision_resnet("resnet101", pretrained)
 
 
 @register_backbone("resnet18", map_side=_stride_32_ceil)
 def _resnet18(pretrained: bool) -> Backbone:
-    return _torchvision_resnet("resnet18", tv.ResNet18_Weights, pretrained)
+    return _torchvision_resnet("resnet18", pretrained)
 
 
 class SpatialMax(nn.Module):
@@ -199,6 +199,7 @@ def _convnext_pool(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
 
 
 def _torchvision_convnext(size: str, pretrained: bool) -> Backbone:
+    from torchvision import models as tv  # as in _torchvision_resnet
     arch = f"convnext_{size}"
     net = getattr(tv, arch)(weights=None)
     if pretrained:

@@ -1,6 +1,8 @@
 """The CLI end to end through `main([...])`, and every bad input of the issue: one line, exit 2, nothing written."""
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import torch
 
 from cli import parse_args
 from main import main
+from presets import REPO_ROOT
 from training.engine import TrainState
 
 FAST = ["-g", "cpu", "--num-workers", "0"]
@@ -137,3 +140,12 @@ def test_missing_data_folder(tmp_path, capsys):
     code, err = run_cli(capsys, "-d", "coco", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), *FAST)
     line = one_error_line(err)
     assert code == 2 and "does not exist" in line and "data/coco/README.md" in line
+
+
+def test_the_help_imports_no_torchvision():
+    """`import torchvision` pulls in torch._dynamo, seconds on a small CPU (benchmarks/startup_time.py): the
+    parser and the modules it names must import it where they build, not at import."""
+    probe = ("import sys; sys.argv = ['main.py', '-h']; import main; "
+             "print(sorted(m for m in ('torchvision', 'torch._dynamo', 'open_clip', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
