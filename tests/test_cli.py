@@ -38,6 +38,8 @@ def test_end_to_end_on_digits(small_digits, tmp_path, capsys):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert {"prec_at_1", "rec_at_3", "top_5", "cf1", "of1", "num_empty_classes"} <= set(results["epochs"][0]["test"])
     assert "best epoch" in err
+    # what rounds the float sums is recorded: runs made with another thread count or torch differ a digit
+    assert (results["cpu_threads"], results["torch_version"]) == (torch.get_num_threads(), torch.__version__)
     # a second run into the same folder is refused, the first one's files untouched
     before = (out / "results.json").read_bytes()
     code, err = run_cli(capsys, "--data-dir", str(small_digits), "--out", str(out), *FAST)

@@ -118,6 +118,8 @@ def train_and_record(cfg: Config, out: Path, model: nn.Module, loss_fn: SPMLLoss
     world_sizes = _world_sizes(out, ckpt, state.epoch + 1, here.size, cfg.bsize)
     run_log.info.update(world_size=here.size, bsize_global=cfg.bsize, bsize_per_process=cfg.bsize // here.size,
                         world_sizes=world_sizes)
+    # what else sets the float sums: another torch or thread count rounds differently, a digit away on a CPU
+    run_log.info.update(torch_version=torch.__version__, cpu_threads=torch.get_num_threads())
     train_gen = loaders["train"].generator
     if ckpt is not None:
         load_weights(model, ckpt["model"], out / LAST)
