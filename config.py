@@ -13,6 +13,18 @@ from pathlib import Path
 from errors import UserError
 from presets import DEFAULT_CLIP_MODEL, DEFAULT_PROMPT, SEARCH_BSIZES, SEARCH_LRS
 
+# The values a setting takes (the flags' choices), here rather than beside the code that runs them, so that
+# the flags are read without importing it (torch)
+DECODERS = ("pil", "gpu")  # device_decode.py
+AMP_MODES = ("off", "bf16")  # training/speed.py: AMP_DTYPES
+OPTIMIZERS = ("adam",)  # training/recipe.py
+SCHEDULES = ("none", "onecycle")
+TRAIN_SCOPES = ("all", "layer4-head")
+PSEUDO_LABELS = ("damp", "off")  # methods/aevlp/gpr.py
+DAMP_NORMS = ("imagenet", "clip")  # methods/aevlp/damp.py
+MAX_GRID = 6  # DAMP: a sample's crop flips are bits of its view index (int64): 2^(g^2 + 2) x N must fit
+TEXT_GRAPHS = ("random", "off")  # methods/aevlp/text_graph.py
+
 
 @dataclass(frozen=True)
 class LossHyper:

@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 # fallback where TorchCodec is not installed.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated")
 
-DECODERS = ("pil", "gpu")
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 

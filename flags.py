@@ -10,14 +10,21 @@ import math
 import textwrap
 from pathlib import Path
 
-from config import LossHyper
-from device_decode import DECODERS
+from config import (
+    AMP_MODES,
+    DAMP_NORMS,
+    DECODERS,
+    MAX_GRID,
+    OPTIMIZERS,
+    PSEUDO_LABELS,
+    SCHEDULES,
+    TEXT_GRAPHS,
+    TRAIN_SCOPES,
+    LossHyper,
+)
 from errors import UserError
 from losses import LOSSES
-from methods.aevlp.damp import DAMP_NORMS, MAX_GRID
-from methods.aevlp.gpr import PSEUDO_LABELS
-from methods.aevlp.text_graph import TEXT_GRAPHS
-from models import BACKBONES, BOOST_ALPHA, HEADS
+from nets import BACKBONES, BOOST_ALPHA, HEADS
 from presets import (
     AEVLP_CLIP_MODEL,
     DEFAULT_CLIP_MODEL,
@@ -30,8 +37,6 @@ from presets import (
     TRAIN_MODES,
     dataset_name,
 )
-from training.recipe import OPTIMIZERS, SCHEDULES, TRAIN_SCOPES
-from training.speed import AMP_DTYPES
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -190,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pil: decode and resize with PIL in the loader workers; gpu: workers only read the files, "
                          "batches are decoded (torchvision.io), resized, flipped and normalised on the run's device "
                          "(default: pil; gpu with --fast on CUDA)")
-    sp.add_argument("--amp", choices=tuple(AMP_DTYPES),
+    sp.add_argument("--amp", choices=AMP_MODES,
                     help="bf16: autocast the forward to bfloat16, the loss in fp32 (default: off; bf16 with --fast on CUDA)")
     sp.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                     help="channels-last memory format for convolutional backbones (default: off; on with --fast on CUDA)")

@@ -12,15 +12,23 @@ from __future__ import annotations
 import logging
 import sys
 
-from cli import parse_args
 from errors import UserError
-from modes import run
-from training import distributed, processes, stop
+from flags import build_parser
 
 log = logging.getLogger("spml")
 
 
 def main(argv: list[str] | None = None) -> int:
+    if {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        # the help reads only the flags' tables: it comes before the imports of torch (2 s or more on a small CPU)
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+    from cli import parse_args
+    from modes import run
+    from training import distributed, processes, stop
+
     # under torchrun the other processes log only errors: the run says everything once
     level = logging.INFO if distributed.is_main() else logging.ERROR
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
@@ -30,12 +38,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg = processes.agree(lambda: parse_args(argv))  # an error in any process stops all, said once
             with processes.process_group(cfg.device):
                 run(cfg)
-        except SystemExit as exit_:  # --help
+        except SystemExit as exit_:  # an argparse error
             return int(exit_.code or 0)
         except (UserError, KeyboardInterrupt) as err:  # results.json already says why the run stopped
             return stop.exit_code(err)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,9 +2,10 @@
 
 The face the rest of spml imports; the parts live in the `nets` package:
 
-    nets/backbones.py   the backbone registry: each network, its feature map before global
-                        pooling, its own pooling and its preprocessing
-    nets/heads.py       the head registry (`--head`): linear (default), cam, boostlu, ssgrl
+    nets/__init__.py    the registries of backbones and heads (`-m`, `--head`)
+    nets/backbones.py   each network, its feature map before global pooling, its own pooling and
+                        its preprocessing
+    nets/heads.py       the heads: linear (default), cam, boostlu, ssgrl
     nets/lgconv.py      PU-MLC's local-global convolution (`--lgconv`)
     nets/ssgrl.py       PU-MLC's SSGRL head (`--head ssgrl`)
 
@@ -26,8 +27,8 @@ from config import Config
 from errors import UserError
 from fileio import load_torch
 from methods.vlpl.towers import ClipSpec
-from nets.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone  # noqa: F401 (the face)
-from nets.heads import BOOST_ALPHA, HEADS  # noqa: F401 (the face)
+from nets import BACKBONES, BOOST_ALPHA, HEADS  # noqa: F401 (the face)
+from nets.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone  # noqa: F401 (the face)
 from nets.lgconv import convert_to_lgconv
 from nets.ssgrl import cooccurrence_graph, load_word_vectors
 

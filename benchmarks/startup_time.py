@@ -3,9 +3,10 @@
     python -m benchmarks.startup_time            # 5 runs each, the median
 
 Rows: the bare interpreter, `import torch` alone (with its exit), `python main.py -h`, and
-the slowest packages `main.py -h` imports by `python -X importtime` (cumulative, one run). The
-help needs no torchvision (whose import pulls in torch._dynamo, seconds on a small CPU):
-the backbones and the transforms import it where they build.
+the slowest packages `main.py -h` imports by `python -X importtime` (cumulative, one run).
+The help imports no torch: it reads only the flags' tables (`losses.py`, `nets/__init__.py`,
+`config.py`), which name their builders without importing them (`lazy.py`); torchvision,
+whose import pulls in torch._dynamo, is imported only where a backbone or a transform is built.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The single-positive methods that keep state or need more than a loss function.
+"""The single-positive methods: every loss `losses.py` registers.
 
-    base.py   the references' numerics (neg_log, entropy, per-code matrix) and `SPMLLoss`
+    base.py   the references' numerics (neg_log, entropy, per-code matrix), `SPMLLoss`, EM's loss
+    cole.py   Cole et al. 2021's losses: AN, AN-LS, WAN, IU, PR, EPR (and the full-label oracles)
     role.py   ROLE (Cole et al. 2021): a learned label matrix
     apl.py    EM + APL (Zhou et al. 2022): soft pseudo-negatives between epochs
     vlpl/     VLPL (Xing et al. 2024): frozen-CLIP pseudo-labels, the open_clip towers, the score cache

@@ -37,6 +37,11 @@ GR_LOG_EPSILON = 1e-7  # the authors' neg_log
 CLASSIFIER_LR_MULT = 10.0  # the authors' `lr_mult` on the final layer, as Kim et al.'s
 
 
+def gr_defaults(preset) -> dict:
+    """GR's run defaults (`LossEntry.defaults`): the x10 classifier lr."""
+    return {"classifier_lr_mult": CLASSIFIER_LR_MULT}
+
+
 def gr_schedule(epoch: int, epochs: int, beta: tuple[float, ...] = LossHyper.gr_beta,
                 alpha: tuple[float, ...] = LossHyper.gr_alpha) -> dict[str, float]:
     """w, b, mu, sigma at `epoch` (1-based) of a run of `epochs`, the authors' linear interpolation.

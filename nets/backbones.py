@@ -1,6 +1,6 @@
-"""The backbone registry: each network with its feature map, its own global pooling and its preprocessing.
+"""The backbones: each network with its feature map, its own global pooling and its preprocessing.
 
-Each registered factory returns a `Backbone`: the network (whose forward gives the
+Each factory (registered in `nets/__init__.py`) returns a `Backbone`: the network (whose forward gives the
 pooled (B, D) features, as the linear modes cache them), how to read its feature map
 before global pooling (B, D, H, W) and how it pools that map itself, its feature size,
 and its own preprocessing (input size, mean, std), so a backbone always sees the
@@ -15,8 +15,7 @@ normalisation it was trained with. A head (nets/heads.py) turns the map into log
                    the attention pooling and the projection), so a CAM on them would not be the
                    linear head's classifier read per position
 
-    @register_backbone("name", map_side=lambda side: side // 32)
-    def _name(pretrained: bool) -> Backbone: ...
+    def name(pretrained: bool) -> Backbone: ...       # registered in nets/__init__.py: BACKBONES
 
 The maps are read with the network's own modules, so the weights, their state-dict keys
 and the pooled features are those of the network as torchvision (timm, open_clip) builds it.
@@ -54,27 +53,6 @@ class Backbone:
     pool_only: tuple[str, ...] = ()  # the network's children with weights that only `pool` uses
 
 
-@dataclass(frozen=True)
-class BackboneEntry:
-    factory: Callable[..., Backbone]  # (pretrained) or, with uses_clip, (pretrained, clip: ClipSpec)
-    has_pretrained: bool  # whether pretrained weights exist for it at all
-    uses_clip: bool = False
-    # the side of the feature map for a square input of this side (0: too small to run); None: no spatial map
-    map_side: Callable[[int], int] | None = None
-
-
-BACKBONES: dict[str, BackboneEntry] = {}
-
-
-def register_backbone(name: str, map_side: Callable[[int], int] | None, has_pretrained: bool = True,
-                      uses_clip: bool = False):
-    def wrap(factory: Callable[..., Backbone]):
-        BACKBONES[name] = BackboneEntry(factory, has_pretrained, uses_clip, map_side)
-        return factory
-
-    return wrap
-
-
 def load_torchvision_weights(weights) -> dict:
     """State dict of a torchvision weights enum entry, from torch's hub cache ($TORCH_HOME): read there if it is
     there, else fetched into it, never with HF_HUB_OFFLINE=1. A failed fetch leaves no folder behind."""
@@ -99,16 +77,6 @@ def load_torchvision_weights(weights) -> dict:
         raise UserError(f"cannot load pretrained weights from {cache} ({type(err).__name__}): {where}") from err
 
 
-def _stride_32_ceil(side: int) -> int:
-    """A ResNet's map: five stride-2 steps, each padded, so each rounds up."""
-    return -(-side // 32)
-
-
-def _stride_32_floor(side: int) -> int:
-    """A ConvNeXt's map: a 4 x 4 stem of stride 4 and three 2 x 2 downsamplings, unpadded, so each rounds down."""
-    return side // 32
-
-
 def _resnet_map(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
@@ -129,19 +97,16 @@ def _torchvision_resnet(arch: str, pretrained: bool) -> Backbone:
     return Backbone(net, dim, Preprocess(448, IMAGENET_MEAN, IMAGENET_STD), _resnet_map, _resnet_pool)
 
 
-@register_backbone("resnet50", map_side=_stride_32_ceil)
-def _resnet50(pretrained: bool) -> Backbone:
+def resnet50(pretrained: bool) -> Backbone:
     return _torchvision_resnet("resnet50", pretrained)
 
 
-@register_backbone("resnet101", map_side=_stride_32_ceil)
-def _resnet101(pretrained: bool) -> Backbone:
+def resnet101(pretrained: bool) -> Backbone:
     """PU-MLC's backbone (Yuan et al. 2024): torchvision's ImageNet V1 weights, as the authors' URL table."""
     return _torchvision_resnet("resnet101", pretrained)
 
 
-@register_backbone("resnet18", map_side=_stride_32_ceil)
-def _resnet18(pretrained: bool) -> Backbone:
+def resnet18(pretrained: bool) -> Backbone:
     return _torchvision_resnet("resnet18", pretrained)
 
 
@@ -174,8 +139,7 @@ def _digits_pool(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
     return net[-1](fmap)
 
 
-@register_backbone("digits_cnn", map_side=lambda side: side // 4, has_pretrained=False)
-def _digits_cnn(pretrained: bool) -> Backbone:
+def digits_cnn(pretrained: bool) -> Backbone:
     """A small CNN for the 24x24 digit mosaics: fast on a CPU, trained from scratch.
 
     Max pooling (not average) at the end: a digit in one cell of the 3x3 grid
@@ -198,6 +162,11 @@ def _convnext_pool(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
     return net.classifier(net.avgpool(fmap))  # LayerNorm2d, flatten (its final Linear is removed)
 
 
+def torchvision_convnext(size: str):
+    """The factory of torchvision's ConvNeXt of `size` (tiny, small, base, large)."""
+    return lambda pretrained: _torchvision_convnext(size, pretrained)
+
+
 def _torchvision_convnext(size: str, pretrained: bool) -> Backbone:
     from torchvision import models as tv  # as in _torchvision_resnet
     arch = f"convnext_{size}"
@@ -210,17 +179,17 @@ def _torchvision_convnext(size: str, pretrained: bool) -> Backbone:
                     pool_only=("classifier",))
 
 
-for _size in ("tiny", "small", "base", "large"):
-    register_backbone(f"convnext_{_size}", map_side=_stride_32_floor)(
-        lambda pretrained, size=_size: _torchvision_convnext(size, pretrained))
-
-
 def _timm_map(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return net.forward_features(images)
 
 
 def _timm_pool(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
     return net.forward_head(fmap)  # pooling and the head's LayerNorm (num_classes=0: no classifier)
+
+
+def timm_convnext_xlarge(tag: str):
+    """The factory of timm's ConvNeXt-XL with the weights `tag` (fb_in22k, fb_in22k_ft_in1k)."""
+    return lambda pretrained: _timm_convnext_xlarge(tag, pretrained)
 
 
 def _timm_convnext_xlarge(tag: str, pretrained: bool) -> Backbone:
@@ -246,12 +215,6 @@ def _timm_convnext_xlarge(tag: str, pretrained: bool) -> Backbone:
                     pool_only=("head",))
 
 
-register_backbone("convnext_xlarge_22k", map_side=_stride_32_floor)(
-    lambda pretrained: _timm_convnext_xlarge("fb_in22k", pretrained))
-register_backbone("convnext_xlarge_1k", map_side=_stride_32_floor)(
-    lambda pretrained: _timm_convnext_xlarge("fb_in22k_ft_in1k", pretrained))
-
-
 def _embedding_as_map(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return net(images)[:, :, None, None]
 
@@ -260,8 +223,7 @@ def _flatten(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
     return fmap.flatten(1)
 
 
-@register_backbone("clip_vision", map_side=None, uses_clip=True)
-def _clip_vision(pretrained: bool, clip) -> Backbone:
+def clip_vision(pretrained: bool, clip) -> Backbone:
     """The CLIP image tower (fine-tuned); features = its projected image embedding, as in VLPL."""
     spec = clip if pretrained else ClipSpec(clip.model)  # --no-pretrained: the architecture only
     if not pretrained and not spec.is_config_file:

@@ -1,4 +1,5 @@
-"""The heads: a backbone's feature map [B, D, H, W] -> one logit per class [B, C] (`--head`).
+"""The heads: a backbone's feature map [B, D, H, W] -> one logit per class [B, C] (`--head`,
+registered in `nets/__init__.py`).
 
     linear   the backbone's own global pooling (nets/backbones.py), then one linear layer: the
              model of the references, and the default
@@ -16,15 +17,11 @@ the mean of the maps, as BoostLU does on a ResNet.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import nn
 
+from nets import BOOST_ALPHA
 from nets.ssgrl import SSGRLHead
-
-BOOST_ALPHA = 5.0  # the BoostLU authors' factor of the positive CAM values
 
 
 class CamHead(nn.Module):
@@ -54,23 +51,6 @@ class BoostLUHead(CamHead):
         return torch.where(cams > 0, cams * self.alpha, cams)
 
 
-@dataclass(frozen=True)
-class HeadEntry:
-    build: Callable[..., nn.Module]  # (feature_dim, num_classes, **its options) -> the head
-    help: str
-    reads_map: bool = True  # False: it reads the backbone's pooled features
-    min_map_side: int = 1  # the smallest feature map it can read, side in positions
-    cams: bool = False  # it has class activation maps (`.cams(feature_map)`), which scripts/show_cams.py draws
-
-
-HEADS: dict[str, HeadEntry] = {
-    "linear": HeadEntry(nn.Linear, "the backbone's own global pooling, then one linear layer", reads_map=False),
-    "cam": HeadEntry(CamHead, "class activation maps (a 1x1 conv with bias on the feature map), averaged over the map",
-                     cams=True),
-    "boostlu": HeadEntry(BoostLUHead, "BoostLU (Kim et al., CVPR 2023): the class activation maps with their positive "
-                                      "values multiplied by --boost-alpha, then averaged", cams=True),
-    "ssgrl": HeadEntry(lambda feature_dim, num_classes, word_vectors, graph:
-                       SSGRLHead(feature_dim, word_vectors, graph),
-                       "PU-MLC's head: semantic decoupling guided by --word-vectors and a gated GNN over the "
-                       "co-occurrence graph of the observed train labels", min_map_side=2),
-}
+def ssgrl_head(feature_dim: int, num_classes: int, word_vectors: torch.Tensor, graph: torch.Tensor) -> SSGRLHead:
+    """PU-MLC's head, built as every head (its class count is that of its word vectors)."""
+    return SSGRLHead(feature_dim, word_vectors, graph)

@@ -32,6 +32,7 @@ LOSS_TESTS = ("tests/test_losses.py", "tests/test_losses_beyond.py")
 MODULE_TESTS: dict[str, tuple[str, ...]] = {
     "metrics.py": ("tests/test_metrics.py",),
     "losses.py": LOSS_TESTS,
+    "methods/cole.py": LOSS_TESTS,
     "methods/base.py": LOSS_TESTS,
     "methods/apl.py": ("tests/test_losses.py",),
     "methods/role.py": ("tests/test_losses.py",),

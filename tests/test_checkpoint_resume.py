@@ -21,9 +21,10 @@ import torch
 
 from cli import parse_args
 from errors import UserError
-from losses import LOSSES, LossEntry, loss_an
+from losses import LOSSES, LossEntry
 from main import main
 from methods.base import SPMLLoss
+from methods.cole import loss_an
 from presets import REPO_ROOT
 from training import checkpoint
 from training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint

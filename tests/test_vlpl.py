@@ -13,7 +13,8 @@ import torch
 import models
 from config import LossHyper
 from errors import UserError
-from losses import create_loss, loss_em
+from losses import create_loss
+from methods.base import loss_em
 from main import main
 from methods.vlpl import VLPLLoss, loss_em_pl, loss_em_pl_asl, pseudo_labels
 from methods.vlpl import scores as clip_scores

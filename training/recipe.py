@@ -32,9 +32,6 @@ from torch import nn
 from errors import UserError
 from nets.lgconv import GlobalBranch
 
-SCHEDULES = ("none", "onecycle")
-OPTIMIZERS = ("adam",)
-TRAIN_SCOPES = ("all", "layer4-head")
 # The authors' OneCycle settings (their train.py)
 PCT_START, DIV_FACTOR, FINAL_DIV_FACTOR = 0.2, 25.0, 1e4
 BASE_BETA1, MAX_BETA1 = 0.85, 0.95

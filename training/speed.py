@@ -16,7 +16,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16}
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16}  # config.AMP_MODES
 
 
 @dataclass(frozen=True)

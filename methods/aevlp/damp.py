@@ -33,8 +33,6 @@ from errors import UserError
 from models import IMAGENET_MEAN, IMAGENET_STD
 from preprocess import ImageDraws, Preprocess, Transform
 
-DAMP_NORMS = ("imagenet", "clip")
-MAX_GRID = 6  # a sample's crop flips are bits of its view index (int64): 2^(g^2 + 2) x N must fit
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,11 @@ from errors import UserError
 from methods.aevlp.damp import CropGrid, crop_rows, damp_pseudo_labels
 from methods.aevlp.text_graph import TextGraph
 from methods.base import Terms, expected_positive_reg, per_code, reduce
-from methods.gr import GR_LOG_EPSILON, GRLoss, gr_terms
+from methods.gr import CLASSIFIER_LR_MULT, GR_LOG_EPSILON, GRLoss, gr_terms
+from presets import AEVLP_CLIP_MODEL, AEVLP_SETTINGS
 
 log = logging.getLogger(__name__)
 
-PSEUDO_LABELS = ("damp", "off")
 STATS_CHUNK = 4096  # images per chunk of the pseudo-label count logged at set-up
 
 
@@ -52,6 +52,13 @@ def loss_gpr(logits: torch.Tensor, targets: torch.Tensor, pseudo: torch.Tensor |
         unknown = torch.where(pseudo == 1, (1 - clamped) * (rho * positive + (1 - rho) * negative), unknown)
     return {"main": reduce(per_code(targets, positive, unknown, v * negative)),
             "reg": reg * expected_positive_reg(p, expected_pos)}
+
+
+def gpr_defaults(preset) -> dict:
+    """GPR's run defaults (`LossEntry.defaults`): GR's x10 classifier lr, AEVLP's CLIP, and the AEVLP
+    authors' settings of the benchmark (presets.AEVLP_SETTINGS)."""
+    return {"classifier_lr_mult": CLASSIFIER_LR_MULT, "clip_model": AEVLP_CLIP_MODEL,
+            **AEVLP_SETTINGS.get(preset.name, {})}
 
 
 class GPRLoss(GRLoss):

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from errors import UserError
 from fileio import load_npy
 
-TEXT_GRAPHS = ("random", "off")
 LEAKY_SLOPE = 0.2
 
 

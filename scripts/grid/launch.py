@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from errors import UserError
+from losses import LOSSES
 from preflight import writable_folder
 from presets import REPO_ROOT
 from scripts.grid.local import Attempt, run_local
@@ -102,8 +103,6 @@ def _spec(args: argparse.Namespace, flags: list[str], out: Path) -> Spec:
         if getattr(args, key) and key in values:
             raise UserError(f"--{key} is given on the command line and in --file {args.file}: keep one")
         values.setdefault(key, getattr(args, key))
-    from losses import LOSSES  # (and torch): only for a grid to launch, not for --status or a Slurm task
-
     if unknown := [loss for loss in values["losses"] or [] if loss not in LOSSES]:
         where = f"in --file {args.file}" if args.file and not args.losses else "given to --losses"
         raise UserError(f"unknown loss {unknown[0]!r} {where}; choose from {', '.join(LOSSES)}")
