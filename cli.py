@@ -336,6 +336,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
     model = pick(args.model, preset.model)
     device = _device(args.gpu)
     _check_head(args, model)
+    if BACKBONES[model].uses_clip and args.crop_size is not None:
+        from methods.vlpl.towers import ClipSpec, image_side
+
+        if args.crop_size != (side := image_side(ClipSpec(clip_model))):
+            raise UserError(f"--crop-size {args.crop_size}: -m {model} is the image tower of --clip-model {clip_model}, "
+                            f"whose positional embeddings fix its input at {side} px: drop --crop-size")
     existing_file("--word-vectors", args.word_vectors, "a (num_classes, D) .npy of class word vectors")
     if args.lgconv and (not model.startswith("resnet") or args.train_mode != "end_to_end"):
         raise UserError(f"--lgconv wraps the 3x3 convs of a ResNet trained end to end; -m {model} "

@@ -88,6 +88,14 @@ def _check(spec: ClipSpec) -> None:
         raise UserError(f"--clip-weights {spec.weights}: no such file")
 
 
+def image_side(spec: ClipSpec) -> int:
+    """The side of the images its tower takes: a ViT's positional embeddings fix it."""
+    with _quiet():
+        _check(spec)  # registers a JSON config with open_clip
+        size = _open_clip().get_model_config(spec.name)["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 def _cached_weights(name: str) -> Path:
     """The local file of `name`'s OpenAI weights in the Hugging Face cache; an error at once when it is not there.
 
