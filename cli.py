@@ -266,7 +266,8 @@ def _with_preset(argv: list[str] | None) -> list[str]:
 def _check_preset_labels(preset: str, dataset: str, data_dir: Path) -> None:
     """A preset reproduces a label protocol: refuse a data folder that holds another one."""
     if not (data_dir / "formatted_train_labels.npy").is_file():
-        raise UserError(f"--preset {preset}: {data_dir} holds no formatted dataset; {how_to_prepare(dataset, data_dir)}")
+        raise UserError(f"--preset {preset}: {data_dir} holds no formatted dataset; "
+                        f"{how_to_prepare(dataset, data_dir)}")
     wanted, found = RUN_PRESETS[preset].labels, label_protocol(data_dir)
     if any(found.get(key) != value for key, value in wanted.items()):
         defaults = {"num_pos": 1, "num_neg": 0}  # the sampler's own: the command need not repeat them
@@ -274,13 +275,13 @@ def _check_preset_labels(preset: str, dataset: str, data_dir: Path) -> None:
                          if key != "protocol" and defaults.get(key) != value)
         sample = f"python -m preproc.generate_observed_labels --dataset {dataset} --data-dir"
         if found.get("protocol", "").startswith("unrecorded"):  # sampled before the protocol was recorded
-            fix = f"run `{sample} {data_dir} {flags}`".rstrip() + " (it records the protocol with the labels)"
+            fix = f"run `{sample} {data_dir} {flags}` (it records the protocol with the labels)"
         else:  # sampling in place would replace the labels the folder's other runs trained on: a copy
             copy = data_dir.with_name(f"{data_dir.name}_{preset}")
-            fix = f"sample them into a copy: `cp -r {data_dir} {copy} && {sample} {copy} {flags}`".rstrip() + \
-                f", then pass --data-dir {copy}"
-        raise UserError(f"--preset {preset} trains on the authors' observed labels ({wanted['protocol']}, {flags}), but "
-                        f"{data_dir} holds {found.get('protocol')} labels: {fix}")
+            fix = (f"sample them into a copy: `cp -r {data_dir} {copy} && {sample} {copy} {flags}`, "
+                   f"then pass --data-dir {copy}")
+        raise UserError(f"--preset {preset} trains on the authors' observed labels ({wanted['protocol']}, {flags}), "
+                        f"but {data_dir} holds {found.get('protocol')} labels: {fix}")
 
 
 def available_cores() -> int:
@@ -340,8 +341,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         from methods.vlpl.towers import ClipSpec, image_side
 
         if args.crop_size != (side := image_side(ClipSpec(clip_model))):
-            raise UserError(f"--crop-size {args.crop_size}: -m {model} is the image tower of --clip-model {clip_model}, "
-                            f"whose positional embeddings fix its input at {side} px: drop --crop-size")
+            raise UserError(f"--crop-size {args.crop_size}: -m {model} is the image tower of --clip-model "
+                            f"{clip_model}, whose positional embeddings fix its input at {side} px: drop --crop-size")
     existing_file("--word-vectors", args.word_vectors, "a (num_classes, D) .npy of class word vectors")
     if args.lgconv and (not model.startswith("resnet") or args.train_mode != "end_to_end"):
         raise UserError(f"--lgconv wraps the 3x3 convs of a ResNet trained end to end; -m {model} "

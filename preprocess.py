@@ -87,7 +87,7 @@ class Transform:
 
     @property
     def interpolation(self):
-        # torchvision here, not at import: `import torchvision` costs seconds (torch._dynamo), and `main.py -h` needs none
+        # torchvision here, not at import: `import torchvision` costs seconds (torch._dynamo)
         from torchvision.transforms import InterpolationMode
         # the authors' multi-scale pipeline resizes bicubic, at test time too
         return InterpolationMode.BILINEAR if self.pre.scale is None else InterpolationMode.BICUBIC

@@ -73,7 +73,8 @@ def test_preset_switches_have_off_forms_and_take_their_dependents_with_them(know
     """Every switch a preset sets has an off form, and a flag given beside the preset with another value
     drops the preset flags that only served its value (the schedule's length, the head's vectors, the
     dataset's paths)."""
-    off = parse_args(["--preset", "pumlc-voc2007", "-g", "cpu", "--data-dir", str(known_ratio_digits), "--no-lgconv", "--no-freeze-bn", "--no-report-test-oracle", "--sched", "none",
+    off = parse_args(["--preset", "pumlc-voc2007", "-g", "cpu", "--data-dir", str(known_ratio_digits),
+                      "--no-lgconv", "--no-freeze-bn", "--no-report-test-oracle", "--sched", "none",
                       "--ema", "0", "--head", "linear", "--train-scope", "all", "--scale-size", "0",
                       "--out", str(tmp_path / "a")])
     assert (off.lgconv, off.freeze_bn, off.report_test_oracle, off.sched, off.sched_epochs, off.ema) == \
