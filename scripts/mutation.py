@@ -41,8 +41,9 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
     "methods/robust.py": LOSS_TESTS,
     "methods/pu.py": ("tests/test_pu.py",),
     "methods/vlpl/loss.py": ("tests/test_vlpl.py",),
-    "methods/vlpl/scores.py": ("tests/test_vlpl.py",),
-    "datasets.py": ("tests/test_labels.py", "tests/test_data_guards.py"),
+    "methods/vlpl/scores.py": ("tests/test_vlpl.py", "tests/test_damp.py", "tests/test_gpr.py"),  # + AEVLP's crops
+    "datasets.py": ("tests/test_labels.py", "tests/test_data_guards.py", "tests/test_bad_input.py",
+                    "tests/test_skip_bad_images.py"),
     "training/engine.py": ("tests/test_selection.py",),
     "training/recipe.py": ("tests/test_recipe.py",),
     "training/checkpoint.py": ("tests/test_checkpoint_resume.py",),
