@@ -50,9 +50,9 @@ def stride_4_floor(side: int) -> int:
 
 BACKBONES: dict[str, BackboneEntry] = {
     "digits_cnn": BackboneEntry(Lazy("nets.backbones:digits_cnn"), has_pretrained=False, map_side=stride_4_floor),
-    "resnet18": BackboneEntry(Lazy("nets.backbones:resnet18"), map_side=stride_32_ceil),
-    "resnet50": BackboneEntry(Lazy("nets.backbones:resnet50"), map_side=stride_32_ceil),
-    "resnet101": BackboneEntry(Lazy("nets.backbones:resnet101"), map_side=stride_32_ceil),
+    # resnet101: PU-MLC's backbone (Yuan et al. 2024)
+    **{arch: BackboneEntry(Lazy("nets.backbones:torchvision_resnet", arch), map_side=stride_32_ceil)
+       for arch in ("resnet18", "resnet50", "resnet101")},
     **{f"convnext_{size}": BackboneEntry(Lazy("nets.backbones:torchvision_convnext", size), map_side=stride_32_floor)
        for size in ("tiny", "small", "base", "large")},
     "convnext_xlarge_22k": BackboneEntry(Lazy("nets.backbones:timm_convnext_xlarge", "fb_in22k"),

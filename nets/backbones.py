@@ -15,7 +15,8 @@ normalisation it was trained with. A head (nets/heads.py) turns the map into log
                    the attention pooling and the projection), so a CAM on them would not be the
                    linear head's classifier read per position
 
-    def name(pretrained: bool) -> Backbone: ...       # registered in nets/__init__.py: BACKBONES
+    def name(pretrained: bool) -> Backbone: ...   # registered in nets/__init__.py: BACKBONES
+    def family(variant: str): ...                 # or a family: family(variant)(pretrained)
 
 The maps are read with the network's own modules, so the weights, their state-dict keys
 and the pooled features are those of the network as torchvision (timm, open_clip) builds it.
@@ -86,28 +87,20 @@ def _resnet_pool(net: nn.Module, fmap: torch.Tensor) -> torch.Tensor:
     return torch.flatten(net.avgpool(fmap), 1)  # as torchvision's forward (its fc is removed)
 
 
+def torchvision_resnet(arch: str):
+    """The factory of torchvision's ResNet `arch` (resnet18, resnet50, resnet101)."""
+    return lambda pretrained: _torchvision_resnet(arch, pretrained)
+
+
 def _torchvision_resnet(arch: str, pretrained: bool) -> Backbone:
     from torchvision import models as tv  # here, not at import: `import torchvision` costs seconds (torch._dynamo)
     net = getattr(tv, arch)(weights=None)
     if pretrained:
-        # IMAGENET1K_V1 is what `pretrained=True` loaded in the reference code.
+        # IMAGENET1K_V1 is what `pretrained=True` loaded in the reference code (and PU-MLC's URL table, resnet101).
         net.load_state_dict(load_torchvision_weights(getattr(tv, f"ResNet{arch[6:]}_Weights").IMAGENET1K_V1))
     dim = net.fc.in_features
     net.fc = nn.Identity()  # the torchvision forward ends with global average pooling + flatten
     return Backbone(net, dim, Preprocess(448, IMAGENET_MEAN, IMAGENET_STD), _resnet_map, _resnet_pool)
-
-
-def resnet50(pretrained: bool) -> Backbone:
-    return _torchvision_resnet("resnet50", pretrained)
-
-
-def resnet101(pretrained: bool) -> Backbone:
-    """PU-MLC's backbone (Yuan et al. 2024): torchvision's ImageNet V1 weights, as the authors' URL table."""
-    return _torchvision_resnet("resnet101", pretrained)
-
-
-def resnet18(pretrained: bool) -> Backbone:
-    return _torchvision_resnet("resnet18", pretrained)
 
 
 class SpatialMax(nn.Module):
