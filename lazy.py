@@ -2,9 +2,8 @@
 
 The tables of losses (`losses.py`) and of the model's parts (`nets/__init__.py`) hold names,
 help lines and rules, which the flags read, and builders, which import torch. Each builder is
-named as `"module:attribute"` and imported at its first use, so `python main.py -h` and a
-mistyped flag answer without importing torch (2 s or more on a small CPU:
-`python -m benchmarks.startup_time`).
+named as `"module:attribute"` and imported at its first use, so `python main.py -h` answers
+without importing torch (2 s or more on a small CPU: `python -m benchmarks.startup_time`).
 
     Lazy("methods.role:RoleLoss.from_hyper")                      # that function
     Lazy("methods.base:stateless", Lazy("methods.cole:loss_ls"), "ls_coef")   # stateless(loss_ls, "ls_coef")

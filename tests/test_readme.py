@@ -162,3 +162,26 @@ def test_help_and_readme_cite_papers_not_internal_documents(capsys):
     assert named == [] and not re.search(r"(?i)\bissues? #?\d+", help_text)
     iu_help = help_text[help_text.index("iu:"):help_text.index("pr:")]
     assert "--num-neg" not in iu_help  # a flag of preproc.generate_observed_labels, not of main.py
+
+
+def anchor(heading: str) -> str:
+    """GitHub's id of a Markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_of_the_readme_and_docs_leads_somewhere():
+    """The pages link each other and data/*/README.md: a moved section or file would leave a dead link."""
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md")),
+             *sorted((REPO_ROOT / "data").glob("*/README.md")), REPO_ROOT / "data" / "README.md"]
+    dead = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):  # a web address
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                dead.append(f"{page.relative_to(REPO_ROOT)}: {target} (no such file)")
+            elif fragment and fragment not in {anchor(h) for h in re.findall(r"(?m)^#+ (.*)$", linked.read_text())}:
+                dead.append(f"{page.relative_to(REPO_ROOT)}: {target} (no such heading)")
+    assert dead == []
