@@ -11,7 +11,6 @@ import argparse
 import itertools
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -22,14 +21,12 @@ from flags import build_parser
 from losses import LOSSES
 from models import BACKBONES, BOOST_ALPHA, HEADS
 from preflight import existing_file, existing_folder, new_run_folder, writable_folder
-from preproc.generate_observed_labels import label_protocol
+from preset_command import check_preset_labels, with_preset
 from presets import (
     DEFAULT_CLIP_MODEL,
     LINEAR_EPOCHS,
-    PRESET_DEPENDENTS,
     PRESETS,
     REPO_ROOT,
-    RUN_PRESETS,
     custom_preset,
     dataset_dir,
     how_to_prepare,
@@ -239,51 +236,6 @@ def _classifier_lr_mult(args: argparse.Namespace, default: float) -> float:
     return 1.0
 
 
-def _with_preset(argv: list[str] | None) -> list[str]:
-    """`argv` behind the flags of its --preset, if it has one: argparse keeps the last value, so the user's win;
-    a preset flag that serves another the user gives another value goes (presets.PRESET_DEPENDENTS)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    finder = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    finder.add_argument("--preset", choices=sorted(RUN_PRESETS))
-    for flag in PRESET_DEPENDENTS:
-        finder.add_argument(*(("-d", flag) if flag == "--dataset" else (flag,)))
-    mine = vars(finder.parse_known_args(argv)[0])
-    name = mine.pop("preset", None)
-    if name is None:
-        return argv
-    flags = list(RUN_PRESETS[name].flags)
-    theirs = vars(finder.parse_known_args(flags)[0])
-    for flag, dependents in PRESET_DEPENDENTS.items():
-        dest = flag.lstrip("-").replace("-", "_")
-        if dest in mine and mine[dest] != theirs.get(dest):
-            for dependent in dependents:
-                if dependent in flags:
-                    del flags[flags.index(dependent):flags.index(dependent) + 2]
-    log.info(f"--preset {name}: {' '.join(flags)}")
-    return [*flags, *argv]
-
-
-def _check_preset_labels(preset: str, dataset: str, data_dir: Path) -> None:
-    """A preset reproduces a label protocol: refuse a data folder that holds another one."""
-    if not (data_dir / "formatted_train_labels.npy").is_file():
-        raise UserError(f"--preset {preset}: {data_dir} holds no formatted dataset; "
-                        f"{how_to_prepare(dataset, data_dir)}")
-    wanted, found = RUN_PRESETS[preset].labels, label_protocol(data_dir)
-    if any(found.get(key) != value for key, value in wanted.items()):
-        defaults = {"num_pos": 1, "num_neg": 0}  # the sampler's own: the command need not repeat them
-        flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in wanted.items()
-                         if key != "protocol" and defaults.get(key) != value)
-        sample = f"python -m preproc.generate_observed_labels --dataset {dataset} --data-dir"
-        if found.get("protocol", "").startswith("unrecorded"):  # sampled before the protocol was recorded
-            fix = f"run `{sample} {data_dir} {flags}` (it records the protocol with the labels)"
-        else:  # sampling in place would replace the labels the folder's other runs trained on: a copy
-            copy = data_dir.with_name(f"{data_dir.name}_{preset}")
-            fix = (f"sample them into a copy: `cp -r {data_dir} {copy} && {sample} {copy} {flags}`, "
-                   f"then pass --data-dir {copy}")
-        raise UserError(f"--preset {preset} trains on the authors' observed labels ({wanted['protocol']}, {flags}), "
-                        f"but {data_dir} holds {found.get('protocol')} labels: {fix}")
-
-
 def available_cores() -> int:
     """The cores this process may run on (a batch job's allocation, not the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -294,7 +246,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if args.resume or args.eval_only:
         return _saved_config(args, argv)
     if args.preset is not None:
-        args = build_parser().parse_args(_with_preset(argv))
+        args = build_parser().parse_args(with_preset(argv))
     custom = args.dataset not in PRESETS
     data_dir = dataset_dir(args.dataset, args.data_dir).absolute()  # a dataset of one's own needs its folder
     preset = custom_preset(args.dataset) if custom else PRESETS[args.dataset]
@@ -321,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         existing_folder("--data-dir", data_dir, f"a formatted dataset folder ({how_to_prepare(args.dataset, data_dir)})")
     existing_folder("--image-root", args.image_root, "the folder the image paths are relative to")
     if args.preset is not None:
-        _check_preset_labels(args.preset, args.dataset, data_dir)
+        check_preset_labels(args.preset, args.dataset, data_dir)
     for flag, path, what in (("--pretrained-weights", args.pretrained_weights, "a PyTorch state dict file"),
                              ("--clip-weights", args.clip_weights, "an open_clip checkpoint file"),
                              ("--text-features", args.text_features, "a (num_classes, D) .npy file"),

@@ -221,9 +221,9 @@ def test_the_boostlu_presets(digits_dir, tmp_path, capsys):
 
 
 def test_another_head_beside_a_preset_drops_the_presets_head_options():
-    import cli
+    from preset_command import with_preset
 
-    assert "--word-vectors" in cli._with_preset(["--preset", "pumlc-coco"])
-    assert "--word-vectors" in cli._with_preset(["--preset", "pumlc-coco", "--head", "ssgrl"])
-    assert "--word-vectors" not in cli._with_preset(["--preset", "pumlc-coco", "--head", "linear"])
-    assert "--boost-alpha" not in cli._with_preset(["--preset", "boostlu-coco", "--head=cam"])
+    assert "--word-vectors" in with_preset(["--preset", "pumlc-coco"])
+    assert "--word-vectors" in with_preset(["--preset", "pumlc-coco", "--head", "ssgrl"])
+    assert "--word-vectors" not in with_preset(["--preset", "pumlc-coco", "--head", "linear"])
+    assert "--boost-alpha" not in with_preset(["--preset", "boostlu-coco", "--head=cam"])

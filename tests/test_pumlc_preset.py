@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from cli import _check_preset_labels, _with_preset, parse_args
+from cli import parse_args
 from conftest import slice_digits
 from errors import UserError
 from main import main
 from preproc.generate_observed_labels import generate_observed_labels
-from preproc.generate_observed_labels import generate_observed_labels
+from preset_command import check_preset_labels, with_preset
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +81,10 @@ def test_preset_switches_have_off_forms_and_take_their_dependents_with_them(know
         (False, False, False, "none", 0, 0.0)
     assert (off.head, off.word_vectors, off.train_scope, off.scale_size) == ("linear", None, "all", None)
     # -d digits beside the VOC preset: the preset's data/voc2007 paths and vectors go (digits' own folder then)
-    expanded = _with_preset(["--preset", "pumlc-voc2007", "-d", "digits"])
+    expanded = with_preset(["--preset", "pumlc-voc2007", "-d", "digits"])
     assert "--data-dir" not in expanded and "--word-vectors" not in expanded and expanded[-2:] == ["-d", "digits"]
-    assert "--sched-epochs" in _with_preset(["--preset", "pumlc-voc2007", "--sched", "onecycle"])  # the same value
-    assert "--per-gpu-bsize" not in _with_preset(["--preset", "pumlc-voc2007", "--bsize=16"])
+    assert "--sched-epochs" in with_preset(["--preset", "pumlc-voc2007", "--sched", "onecycle"])  # the same value
+    assert "--per-gpu-bsize" not in with_preset(["--preset", "pumlc-voc2007", "--bsize=16"])
 
 
 def test_a_preset_on_a_folder_without_its_labels_says_how_to_get_them(tmp_path, small_digits, digits_dir):
@@ -92,15 +92,15 @@ def test_a_preset_on_a_folder_without_its_labels_says_how_to_get_them(tmp_path, 
     empty.mkdir()
     with pytest.raises(UserError, match=f"--preset pumlc-voc2007: {empty} holds no formatted dataset; see "
                                         f"data/voc2007/README.md to download and format it"):
-        _check_preset_labels("pumlc-voc2007", "voc2007", empty)
+        check_preset_labels("pumlc-voc2007", "voc2007", empty)
     sample = "python -m preproc.generate_observed_labels --dataset digits --data-dir"
     wanted = "--known-ratio 0.1 --seed 0"
     # labels sampled before the protocol was recorded: sampling in place is the fix
     with pytest.raises(UserError, match=f"holds unrecorded .* labels: run `{sample} {small_digits} {wanted}` "):
-        _check_preset_labels("pumlc-voc2007", "digits", small_digits)
+        check_preset_labels("pumlc-voc2007", "digits", small_digits)
     # another recorded protocol: the folder's labels serve other runs, so the fix samples into a copy
     generate_observed_labels(digits_dir)
     copy = digits_dir.with_name("digits_pumlc-voc2007")
     with pytest.raises(UserError, match=f"holds single_positive labels: sample them into a copy: `cp -r {digits_dir} "
                                         f"{copy} && {sample} {copy} {wanted}`, then pass --data-dir {copy}$"):
-        _check_preset_labels("pumlc-voc2007", "digits", digits_dir)
+        check_preset_labels("pumlc-voc2007", "digits", digits_dir)

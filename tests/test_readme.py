@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli import _with_preset, parse_args
+from cli import parse_args
 from config import Config
 from conftest import slice_digits
 from flags import build_parser
 from losses import LOSSES
 from main import main
 from preproc.generate_observed_labels import generate_observed_labels
+from preset_command import with_preset
 from presets import REPO_ROOT, RUN_PRESETS
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -130,7 +131,7 @@ def test_preset_commands_expand_to_their_published_flags(argv, preset_data, tmp_
         argv += ["--word-vectors", str(data / "vectors.npy")]
     cfg = parse_args(argv)
     assert cfg.preset == name
-    assert_config_takes_the_flags(_with_preset(argv), cfg)
+    assert_config_takes_the_flags(with_preset(argv), cfg)
 
 
 @pytest.mark.parametrize("argv", [argv for argv in commands("python -m scripts.grid") if argv], ids=" ".join)
